@@ -1,0 +1,158 @@
+"""create_app and its lifespan: the one place where VoidVM's parts are wired together."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import FastAPI
+
+from voidvm_server import __version__
+from voidvm_server.api import errors
+from voidvm_server.api.container import Container
+from voidvm_server.api.middleware import RequestContextMiddleware
+from voidvm_server.api.routes import auth, images, system, users, vms
+from voidvm_server.api.routes.images import UPLOAD_PATH
+from voidvm_server.auth.tokens import TokenService, load_or_create_secret
+from voidvm_server.config import Settings
+from voidvm_server.drivers.base import Driver
+from voidvm_server.drivers.qemu.driver import QemuDriver
+from voidvm_server.drivers.qemu.images import QemuImg
+from voidvm_server.drivers.qemu.probe import choose_accel
+from voidvm_server.events.bus import EventBus
+from voidvm_server.persistence.engine import Database
+from voidvm_server.services.audit import AuditLog
+from voidvm_server.services.auth import AuthService
+from voidvm_server.services.images import ImageService
+from voidvm_server.services.live_config import LiveConfigStore
+from voidvm_server.services.ratelimit import RateLimiter
+from voidvm_server.services.users import UserService
+from voidvm_server.services.vms import VMService
+
+log = logging.getLogger(__name__)
+API_PREFIX = "/api/v1"
+DriverFactory = Callable[[Settings, Path], Driver]
+
+
+class DefaultPasswordRefused(RuntimeError):
+    pass
+
+
+async def build_driver(settings: Settings, qemu_version: str) -> Driver:
+    accel = await choose_accel(settings.accel, settings.qemu_binary, qemu_version, settings.data_dir)
+    return QemuDriver(
+        settings.data_dir,
+        accel=accel,
+        binary=settings.qemu_binary,
+        qemu_img=QemuImg(settings.qemu_img_binary),
+        qmp_timeout=settings.qmp_timeout_seconds,
+    )
+
+
+async def build_container(settings: Settings, driver_factory: DriverFactory | None) -> Container:
+    settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    db = Database(settings.resolved_database_url)
+    await db.migrate()
+    secret = (
+        settings.jwt_secret.get_secret_value()
+        if settings.jwt_secret
+        else load_or_create_secret(settings.data_dir)
+    )
+    qemu_img = QemuImg(settings.qemu_img_binary)
+    qemu_version = await qemu_img.version()
+    driver = (
+        driver_factory(settings, settings.data_dir)
+        if driver_factory
+        else await build_driver(settings, qemu_version)
+    )
+    bus = EventBus()
+    limiter = RateLimiter(settings.redis_url)
+    live = LiveConfigStore(db, settings)
+    await live.load()
+    tokens = TokenService(
+        secret,
+        issuer=settings.jwt_issuer,
+        audience=settings.jwt_audience,
+        access_ttl=settings.access_token_ttl_seconds,
+        refresh_ttl=settings.refresh_token_ttl_seconds,
+    )
+    images = ImageService(db, settings, qemu_img)
+    users = UserService(db, settings, live)
+    return Container(
+        settings=settings,
+        db=db,
+        driver=driver,
+        qemu_img=qemu_img,
+        bus=bus,
+        limiter=limiter,
+        live=live,
+        tokens=tokens,
+        auth=AuthService(db, tokens, limiter, settings),
+        users=users,
+        images=images,
+        vms=VMService(db, driver, images, bus, live, settings),
+        audit=AuditLog(db),
+        qemu_version=qemu_version.removeprefix("qemu-img version ").split(" ")[0],
+    )
+
+
+async def start_services(container: Container) -> None:
+    settings = container.settings
+    await container.users.ensure_admin()
+    container.default_admin_password = await container.users.admin_uses_default_password()
+    if container.default_admin_password:
+        if not settings.is_loopback and not settings.allow_default_admin_password:
+            raise DefaultPasswordRefused(
+                f"Refusing to listen on {settings.host} while 'admin' still has the default "
+                "password 'admin123'. Set VOIDVM_ADMIN_PASSWORD before the first start, change the "
+                "password, or set VOIDVM_ALLOW_DEFAULT_ADMIN_PASSWORD=true."
+            )
+        log.warning(
+            "SECURITY: the 'admin' account still uses the default password 'admin123'. "
+            "Change it with PUT /api/v1/auth/password or 'voidvm-server user passwd admin'."
+        )
+    await container.images.recover()
+    await container.vms.reconcile()
+    log.info("VoidVM %s ready (accelerator: %s)", __version__, container.driver.accel)
+
+
+async def stop_services(container: Container) -> None:
+    await container.vms.close()
+    await container.images.close()
+    await container.driver.close()
+    await container.db.close()
+
+
+def create_app(settings: Settings, *, driver_factory: DriverFactory | None = None) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        container = await build_container(settings, driver_factory)
+        app.state.container = container
+        try:
+            await start_services(container)
+            yield
+        finally:
+            await stop_services(container)
+
+    app = FastAPI(
+        title="VoidVM API",
+        version=__version__,
+        description="Manage real QEMU virtual machines. Every response uses the VoidVM envelope.",
+        lifespan=lifespan,
+        docs_url=f"{API_PREFIX}/docs",
+        redoc_url=None,
+        openapi_url=f"{API_PREFIX}/openapi.json",
+    )
+    app.state.rate_limited_total = 0
+    errors.install(app)
+    for module in (auth, users, vms, images, system):
+        app.include_router(module.router, prefix=API_PREFIX)
+    app.add_middleware(
+        RequestContextMiddleware,
+        max_body_bytes=settings.max_body_bytes,
+        max_upload_bytes=settings.max_upload_bytes,
+        upload_paths=(UPLOAD_PATH,),
+    )
+    return app

@@ -1,0 +1,40 @@
+"""Everything the routes need, built once by the app's lifespan (the composition root)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from voidvm_server.auth.tokens import TokenService
+from voidvm_server.config import Settings
+from voidvm_server.drivers.base import Driver
+from voidvm_server.drivers.qemu.images import QemuImg
+from voidvm_server.events.bus import EventBus
+from voidvm_server.persistence.engine import Database
+from voidvm_server.services.audit import AuditLog
+from voidvm_server.services.auth import AuthService
+from voidvm_server.services.images import ImageService
+from voidvm_server.services.live_config import LiveConfigStore
+from voidvm_server.services.ratelimit import RateLimiter
+from voidvm_server.services.users import UserService
+from voidvm_server.services.vms import VMService
+
+
+@dataclass
+class Container:
+    settings: Settings
+    db: Database
+    driver: Driver
+    qemu_img: QemuImg
+    bus: EventBus
+    limiter: RateLimiter
+    live: LiveConfigStore
+    tokens: TokenService
+    auth: AuthService
+    users: UserService
+    images: ImageService
+    vms: VMService
+    audit: AuditLog
+    qemu_version: str = "unknown"
+    default_admin_password: bool = False
+    started_at: float = field(default_factory=time.time)

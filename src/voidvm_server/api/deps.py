@@ -1,0 +1,81 @@
+"""FastAPI dependencies: the container, the authenticated principal, the request budget."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from voidvm_server.api.container import Container
+from voidvm_server.auth.principal import Principal
+from voidvm_server.errors import AuthError, ForbiddenError, TooManyRequestsError
+from voidvm_server.services import context
+
+
+def get_container(request: Request) -> Container:
+    container: Container = request.app.state.container
+    return container
+
+
+ContainerDep = Annotated[Container, Depends(get_container)]
+
+
+def bearer_token(request: Request) -> str | None:
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return None
+    return token.strip()
+
+
+async def enforce_rate_limit(request: Request, container: Container, key: str, role: str) -> None:
+    """Spend one request of the caller's budget; the headers go on the response either way."""
+    limits = container.live.current.rate_limits
+    limit_text = limits.per_user.get(key) or limits.per_role.get(role) or limits.default
+    item = container.limiter.parse(limit_text)
+    verdict = await container.limiter.hit(item, "api", key)
+    request.scope.setdefault("state", {})["rate_headers"] = {
+        "X-RateLimit-Limit": verdict.limit,
+        "X-RateLimit-Remaining": verdict.remaining,
+        "X-RateLimit-Reset": verdict.reset_after,
+    }
+    if not verdict.allowed:
+        request.app.state.rate_limited_total += 1
+        raise TooManyRequestsError(
+            f"Rate limit exceeded: {limit_text}; retry in {verdict.reset_after} s",
+            retry_after=verdict.reset_after,
+        )
+
+
+async def client_budget(request: Request, container: ContainerDep) -> None:
+    """Before login: a budget per client address."""
+    client = request.client.host if request.client else "unknown"
+    await enforce_rate_limit(request, container, f"ip:{client}", "anonymous")
+
+
+async def current_principal(request: Request, container: ContainerDep) -> Principal:
+    token = bearer_token(request)
+    if token is None:
+        await client_budget(request, container)
+        raise AuthError("Authentication required: send 'Authorization: Bearer <token>'")
+    try:
+        principal = await container.auth.authenticate(token)
+    except AuthError:
+        await client_budget(request, container)
+        raise
+    context.user_name.set(principal.user.username)
+    request.state.principal = principal
+    await enforce_rate_limit(request, container, f"user:{principal.id}", principal.user.role.value)
+    return principal
+
+
+CurrentPrincipal = Annotated[Principal, Depends(current_principal)]
+
+
+async def admin_principal(principal: CurrentPrincipal) -> Principal:
+    if not principal.is_admin:
+        raise ForbiddenError("Administrator access is required", details="system:admin")
+    return principal
+
+
+AdminPrincipal = Annotated[Principal, Depends(admin_principal)]

@@ -1,0 +1,69 @@
+"""/images: the image store."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+
+from voidvm_server.api.deps import AdminPrincipal, ContainerDep, CurrentPrincipal
+from voidvm_server.api.envelope import ok
+from voidvm_server.api.presenters import image_json
+from voidvm_server.api.schemas import ImageImport
+from voidvm_server.domain.models import ImageFormat
+from voidvm_server.errors import ValidationError
+from voidvm_server.services.images import ImageSource
+
+router = APIRouter(prefix="/images", tags=["images"])
+UPLOAD_PATH = "/api/v1/images/upload"
+
+
+@router.get("")
+async def list_images(_p: CurrentPrincipal, container: ContainerDep) -> JSONResponse:
+    return ok({"images": [image_json(i) for i in await container.images.list()]})
+
+
+@router.get("/{image_id}")
+async def get_image(image_id: str, _p: CurrentPrincipal, container: ContainerDep) -> JSONResponse:
+    return ok(image_json(await container.images.get(image_id)))
+
+
+@router.post("", status_code=201)
+async def import_image(body: ImageImport, admin: AdminPrincipal, container: ContainerDep) -> JSONResponse:
+    if (body.url is None) == (body.path is None):
+        raise ValidationError("url", "give exactly one of 'url' or 'path' (or use /images/upload)")
+    source = ImageSource(url=body.url, path=body.path)
+    image = await container.images.import_image(body.name, ImageFormat(body.format), source, body.aliases)
+    if body.default:
+        image = await container.images.set_default(image.id)
+    await container.audit.record("image.import", user=admin.user, target_type="image",
+                                 target_id=image.id)  # fmt: skip
+    return ok(image_json(image), "Image imported", 201)
+
+
+@router.post("/upload", status_code=201)
+async def upload_image(
+    request: Request, admin: AdminPrincipal, container: ContainerDep, name: str, format: str
+) -> JSONResponse:
+    """Stream the raw image bytes as the request body (`?name=...&format=qcow2|raw|iso`)."""
+    if format not in {"qcow2", "raw", "iso"}:
+        raise ValidationError("format", "must be qcow2, raw or iso")
+
+    async def chunks() -> AsyncIterator[bytes]:
+        async for chunk in request.stream():
+            if chunk:
+                yield chunk
+
+    image = await container.images.import_image(name, ImageFormat(format), ImageSource(upload=chunks()), [])
+    await container.audit.record("image.upload", user=admin.user, target_type="image",
+                                 target_id=image.id)  # fmt: skip
+    return ok(image_json(image), "Image uploaded", 201)
+
+
+@router.delete("/{image_id}")
+async def delete_image(image_id: str, admin: AdminPrincipal, container: ContainerDep) -> JSONResponse:
+    await container.images.delete(image_id)
+    await container.audit.record("image.delete", user=admin.user, target_type="image",
+                                 target_id=image_id)  # fmt: skip
+    return ok(None, "Image deleted")

@@ -1,0 +1,113 @@
+"""/system, /config, /logs, /health, /ready."""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+from datetime import datetime
+from typing import Any
+
+import psutil
+from fastapi import APIRouter, Body, Query
+from fastapi.responses import JSONResponse
+
+from voidvm_server import API_VERSION, __version__
+from voidvm_server.api.deps import AdminPrincipal, ContainerDep, CurrentPrincipal
+from voidvm_server.api.envelope import fail, ok
+from voidvm_server.api.presenters import audit_json, pagination
+
+router = APIRouter(tags=["system"])
+
+
+@router.get("/health")
+async def health() -> JSONResponse:
+    return ok({"status": "ok"})
+
+
+@router.get("/ready")
+async def ready(container: ContainerDep) -> JSONResponse:
+    checks: dict[str, str] = {}
+    try:
+        await container.db.ping()
+        checks["database"] = "ok"
+    except Exception:
+        checks["database"] = "unreachable"
+    checks["hypervisor"] = "ok" if container.qemu_version != "unavailable" else "unavailable"
+    if all(v == "ok" for v in checks.values()):
+        return ok({"status": "ready", "checks": checks})
+    return fail(503, "SERVICE_UNAVAILABLE", "Not ready", checks)
+
+
+@router.get("/system/version")
+async def version(_p: CurrentPrincipal) -> JSONResponse:
+    return ok({"version": __version__, "api_version": API_VERSION})
+
+
+@router.get("/system/info")
+async def info(_p: CurrentPrincipal, container: ContainerDep) -> JSONResponse:
+    memory = psutil.virtual_memory()
+    disk = psutil.disk_usage(str(container.settings.data_dir))
+    uname = platform.uname()
+    data: dict[str, Any] = {
+        "version": __version__,
+        "api_version": API_VERSION,
+        "uptime": round(time.time() - container.started_at, 1),
+        "host": {
+            "hostname": uname.node,
+            "os": uname.system,
+            "kernel": uname.release,
+            "arch": uname.machine,
+        },
+        "cpu": {"count": os.cpu_count(), "percent": psutil.cpu_percent(None)},
+        "memory": {
+            "total_mb": memory.total // 2**20,
+            "used_mb": (memory.total - memory.available) // 2**20,
+        },
+        "disk": {"total_gb": round(disk.total / 2**30, 1), "used_gb": round(disk.used / 2**30, 1)},
+        "hypervisor": {
+            "qemu_version": container.qemu_version,
+            "accelerator": container.driver.accel,
+            "architectures": ["x86_64"],
+        },
+        "database": "postgresql" if not container.db.is_sqlite else "sqlite",
+        "default_admin_password": container.default_admin_password,
+    }
+    return ok(data)
+
+
+@router.get("/config")
+async def get_config(_admin: AdminPrincipal, container: ContainerDep) -> JSONResponse:
+    return ok(container.live.current.model_dump())
+
+
+@router.put("/config")
+@router.patch("/config", include_in_schema=False)
+async def put_config(
+    admin: AdminPrincipal, container: ContainerDep, patch: dict[str, Any] = Body(...)
+) -> JSONResponse:
+    updated = await container.live.update(patch)
+    await container.audit.record("config.update", user=admin.user, target_type="config",
+                                 message=",".join(sorted(patch)))  # fmt: skip
+    return ok(updated.model_dump(), "Configuration updated")
+
+
+@router.get("/logs")
+async def logs(
+    principal: CurrentPrincipal,
+    container: ContainerDep,
+    page: int = Query(1, ge=1),
+    limit: int = Query(50, ge=1, le=500),
+    level: str | None = Query(None, max_length=16),
+    action: str | None = Query(None, max_length=64),
+    user: str | None = Query(None, max_length=64, description="a user id (admins)"),
+    vm: str | None = Query(None, max_length=64),
+    since: datetime | None = Query(None, alias="from"),
+    until: datetime | None = Query(None, alias="to"),
+) -> JSONResponse:
+    user_id = user if principal.is_admin else principal.id
+    entries, total = await container.audit.list(
+        user_id=user_id, level=level, action=action, target_id=vm,
+        since=since, until=until, page=page, limit=limit,
+    )  # fmt: skip
+    return ok({"logs": [audit_json(e) for e in entries], "pagination": pagination(page, limit, total)})

@@ -1,0 +1,176 @@
+"""/vms: the virtual machine resource and its actions."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Literal
+
+from fastapi import APIRouter, Query
+from fastapi.responses import JSONResponse
+
+from voidvm_server.api.deps import ContainerDep, CurrentPrincipal
+from voidvm_server.api.envelope import ok
+from voidvm_server.api.presenters import pagination, stats_json, vm_json
+from voidvm_server.api.schemas import VMActionBody, VMCreateBody, VMUpdateBody
+from voidvm_server.services.clock import now
+from voidvm_server.services.vms import VMCreate, VMQuery, VMUpdate
+
+router = APIRouter(prefix="/vms", tags=["vms"])
+Action = Literal["start", "stop", "restart", "pause", "resume", "reset"]
+DONE = {
+    "start": "VM started",
+    "stop": "VM stopped",
+    "restart": "VM restarted",
+    "pause": "VM paused",
+    "resume": "VM resumed",
+    "reset": "VM reset",
+}
+
+
+@router.get("")
+async def list_vms(
+    principal: CurrentPrincipal,
+    container: ContainerDep,
+    page: int = Query(1, ge=1, le=1_000_000),
+    limit: int = Query(20, ge=1, le=100),
+    status: str | None = Query(None, max_length=200, description="comma-separated statuses"),
+    search: str | None = Query(None, max_length=100),
+    sort: str = Query("-created_at", max_length=100, description="e.g. name or -created_at"),
+    owner: str | None = Query(None, max_length=64, description="admins: a user id or username"),
+) -> JSONResponse:
+    query = VMQuery(
+        page=page,
+        limit=limit,
+        status=[s for s in (status or "").split(",") if s],
+        search=search or None,
+        sort=sort,
+        owner=owner,
+    )
+    vms, total = await container.vms.list(principal, query)
+    return ok({"vms": [vm_json(v) for v in vms], "pagination": pagination(page, limit, total)})
+
+
+@router.post("", status_code=201)
+async def create_vm(body: VMCreateBody, principal: CurrentPrincipal, container: ContainerDep) -> JSONResponse:
+    spec = VMCreate(
+        name=body.name,
+        cpu=body.cpu,
+        memory=body.memory,
+        disk=body.disk,
+        os=body.os,
+        description=body.description,
+        auto_start=body.auto_start,
+    )
+    try:
+        vm = await container.vms.create(principal, spec)
+    except Exception as exc:
+        await container.audit.record("vm.create", user=principal.user, target_type="vm",
+                                     result="failure", message=str(exc)[:200])  # fmt: skip
+        raise
+    await container.audit.record("vm.create", user=principal.user, target_type="vm", target_id=vm.id)
+    return ok(vm_json(vm), "Virtual machine created", 201)
+
+
+@router.get("/{vm_id}")
+async def get_vm(vm_id: str, principal: CurrentPrincipal, container: ContainerDep) -> JSONResponse:
+    return ok(vm_json(await container.vms.get(principal, vm_id)))
+
+
+@router.put("/{vm_id}")
+@router.patch("/{vm_id}")
+async def update_vm(
+    vm_id: str, body: VMUpdateBody, principal: CurrentPrincipal, container: ContainerDep
+) -> JSONResponse:
+    changes = VMUpdate(**body.model_dump())
+    vm = await container.vms.update(principal, vm_id, changes)
+    await container.audit.record("vm.update", user=principal.user, target_type="vm", target_id=vm.id)
+    return ok(vm_json(vm), "Virtual machine updated")
+
+
+@router.delete("/{vm_id}")
+async def delete_vm(
+    vm_id: str,
+    principal: CurrentPrincipal,
+    container: ContainerDep,
+    force: bool = Query(False, description="stop a running VM first"),
+) -> JSONResponse:
+    await container.vms.delete(principal, vm_id, force=force)
+    await container.audit.record("vm.delete", user=principal.user, target_type="vm", target_id=vm_id)
+    return ok({"id": vm_id}, "Virtual machine deleted")
+
+
+async def _action(
+    action: Action,
+    vm_id: str,
+    body: VMActionBody | None,
+    principal: CurrentPrincipal,
+    container: ContainerDep,
+) -> JSONResponse:
+    options = body or VMActionBody()
+    try:
+        vm = await container.vms.action(
+            principal, vm_id, action,
+            wait=options.wait, force=options.force, timeout=options.timeout,
+        )  # fmt: skip
+    except Exception as exc:
+        await container.audit.record(f"vm.{action}", user=principal.user, target_type="vm",
+                                     target_id=vm_id, result="failure", message=str(exc)[:200])  # fmt: skip
+        raise
+    await container.audit.record(f"vm.{action}", user=principal.user, target_type="vm", target_id=vm_id)
+    if not options.wait:
+        return ok(vm_json(vm), f"{action} accepted", 202)
+    return ok(vm_json(vm), DONE[action])
+
+
+def _register(action: Action) -> None:
+    async def endpoint(
+        vm_id: str,
+        principal: CurrentPrincipal,
+        container: ContainerDep,
+        body: VMActionBody | None = None,
+    ) -> JSONResponse:
+        return await _action(action, vm_id, body, principal, container)
+
+    endpoint.__name__ = f"{action}_vm"
+    router.add_api_route(
+        f"/{{vm_id}}/{action}", endpoint, methods=["POST"], summary=f"{action.capitalize()} a VM"
+    )
+
+
+for _name in DONE:
+    _register(_name)  # type: ignore[arg-type]
+
+
+@router.get("/{vm_id}/status")
+async def vm_status(vm_id: str, principal: CurrentPrincipal, container: ContainerDep) -> JSONResponse:
+    return ok(await container.vms.live_status(principal, vm_id))
+
+
+@router.get("/{vm_id}/metrics")
+async def vm_metrics(vm_id: str, principal: CurrentPrincipal, container: ContainerDep) -> JSONResponse:
+    vm, stats = await container.vms.stats(principal, vm_id)
+    return ok(stats_json(vm, stats, now()))
+
+
+@router.get("/{vm_id}/console/log")
+async def console_log(
+    vm_id: str,
+    principal: CurrentPrincipal,
+    container: ContainerDep,
+    tail: int = Query(65536, ge=1, le=4 * 1024 * 1024, description="bytes from the end"),
+) -> JSONResponse:
+    vm = await container.vms.get(principal, vm_id)
+    path = container.driver.console_log(vm.id)
+
+    def read_tail() -> tuple[bytes, int]:
+        try:
+            with path.open("rb") as handle:
+                size = handle.seek(0, 2)
+                handle.seek(max(0, size - tail))
+                return handle.read(), size
+        except FileNotFoundError:
+            return b"", 0
+
+    data, size = await asyncio.to_thread(read_tail)
+    return ok({"log": data.decode("utf-8", errors="replace"), "size": size,
+               "truncated": size > len(data)})  # fmt: skip

@@ -1,0 +1,1 @@
+"""Authentication and authorization: passwords, tokens, principals and permissions."""

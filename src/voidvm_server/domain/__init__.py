@@ -1,0 +1,1 @@
+"""Domain: models, VM states, services and quotas. Imports no driver, ORM or HTTP code."""

@@ -1,0 +1,147 @@
+"""Plain domain records, shared by services, repositories and the API layer."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+
+
+class Role(StrEnum):
+    ADMIN = "admin"
+    USER = "user"
+
+
+class UserStatus(StrEnum):
+    ACTIVE = "active"
+    DISABLED = "disabled"
+
+
+class VMStatus(StrEnum):
+    CREATING = "creating"
+    STOPPED = "stopped"
+    STARTING = "starting"
+    RUNNING = "running"
+    STOPPING = "stopping"
+    PAUSED = "paused"
+    REBOOTING = "rebooting"
+    DELETING = "deleting"
+    ERROR = "error"
+
+
+class ImageFormat(StrEnum):
+    QCOW2 = "qcow2"
+    RAW = "raw"
+    ISO = "iso"
+    KERNEL = "kernel"
+
+
+class ImageStatus(StrEnum):
+    AVAILABLE = "available"
+    DOWNLOADING = "downloading"
+    ERROR = "error"
+
+
+@dataclass
+class Quota:
+    max_vms: int
+    max_cpus: int
+    max_memory_mb: int
+    max_disk_gb: int
+
+
+@dataclass
+class Usage:
+    vms: int = 0
+    cpus: int = 0
+    memory_mb: int = 0
+    disk_gb: int = 0
+
+
+@dataclass
+class User:
+    id: str
+    username: str
+    email: str | None
+    password_hash: str
+    role: Role
+    status: UserStatus
+    quota: Quota
+    usage: Usage
+    token_version: int
+    failed_logins: int
+    locked_until: datetime | None
+    created_at: datetime
+    updated_at: datetime
+    last_login_at: datetime | None
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role is Role.ADMIN
+
+
+@dataclass
+class Image:
+    id: str
+    name: str
+    aliases: list[str]
+    format: ImageFormat
+    status: ImageStatus
+    status_reason: str | None
+    size_bytes: int
+    virtual_size_bytes: int
+    is_default: bool
+    source: str
+    created_at: datetime
+    # File names inside the image's own directory; never user supplied.
+    files: dict[str, str] = field(default_factory=dict)
+    kernel_cmdline: str | None = None
+
+
+@dataclass
+class VM:
+    id: str
+    name: str
+    description: str
+    status: VMStatus
+    status_reason: str | None
+    cpu: int
+    memory_mb: int
+    disk_gb: int
+    os: str
+    image_id: str
+    owner_id: str
+    owner_name: str
+    ssh_port: int | None
+    pid: int | None
+    created_at: datetime
+    updated_at: datetime
+    started_at: datetime | None
+
+
+@dataclass
+class ApiToken:
+    id: str
+    user_id: str
+    name: str
+    prefix: str
+    token_hash: str
+    created_at: datetime
+    expires_at: datetime | None
+    last_used_at: datetime | None
+
+
+@dataclass
+class AuditEntry:
+    id: int
+    timestamp: datetime
+    level: str
+    user_id: str | None
+    username: str | None
+    client_ip: str | None
+    action: str
+    target_type: str | None
+    target_id: str | None
+    result: str
+    message: str
+    request_id: str | None

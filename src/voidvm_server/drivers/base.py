@@ -1,0 +1,77 @@
+"""The Driver protocol: everything the domain asks of a hypervisor.
+
+Every path here is derived from a VM or image id by the driver itself; no user text reaches it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class BootMedia:
+    """What an image contributes to a VM: a base disk, a kernel pair, or an installer ISO."""
+
+    base_disk: Path | None = None
+    base_format: str | None = None
+    kernel: Path | None = None
+    initrd: Path | None = None
+    kernel_cmdline: str | None = None
+    cdrom: Path | None = None
+
+
+@dataclass(frozen=True)
+class VMSpec:
+    vm_id: str
+    cpu: int
+    memory_mb: int
+    media: BootMedia
+    ssh_port: int | None
+
+
+@dataclass(frozen=True)
+class VMStats:
+    cpu_percent: float
+    memory_used_mb: float
+    disk_read_bytes: int
+    disk_write_bytes: int
+    net_rx_bytes: int | None
+    net_tx_bytes: int | None
+    uptime_seconds: float
+
+
+# Called when a VM's process ends: (vm_id, clean, reason). `clean` means a shutdown the guest or
+# VoidVM asked for; otherwise the process died (killed, crashed) and `reason` says how.
+ExitHandler = Callable[[str, bool, str], None]
+
+
+class Driver(Protocol):
+    accel: str
+
+    def set_exit_handler(self, handler: ExitHandler) -> None: ...
+
+    async def prepare_disk(self, vm_id: str, media: BootMedia, size_gb: int) -> None: ...
+    async def grow_disk(self, vm_id: str, size_gb: int) -> None: ...
+    async def destroy(self, vm_id: str) -> None: ...
+
+    async def start(self, spec: VMSpec) -> int: ...
+    async def attach(self, vm_id: str) -> int | None: ...
+    def is_running(self, vm_id: str) -> bool: ...
+    async def powerdown(self, vm_id: str) -> None: ...
+    async def kill(self, vm_id: str) -> None: ...
+    async def wait_exit(self, vm_id: str, timeout: float) -> bool: ...
+    async def pause(self, vm_id: str) -> None: ...
+    async def resume(self, vm_id: str) -> None: ...
+    async def reset(self, vm_id: str) -> None: ...
+    async def query_status(self, vm_id: str) -> str: ...
+    async def stats(self, vm_id: str) -> VMStats: ...
+
+    def run_dir(self, vm_id: str) -> Path: ...
+    def serial_socket(self, vm_id: str) -> Path: ...
+    def vnc_socket(self, vm_id: str) -> Path: ...
+    def console_log(self, vm_id: str) -> Path: ...
+    def known_run_dirs(self) -> list[str]: ...
+    async def close(self) -> None: ...

@@ -1,0 +1,60 @@
+"""A thin QMP connection with a timeout around every call, on the QEMU project's qemu.qmp."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from qemu.qmp import ExecuteError, QMPClient, QMPError
+
+from voidvm_server.errors import DriverError, HypervisorTimeoutError
+
+log = logging.getLogger(__name__)
+
+
+class QMPConnection:
+    def __init__(self, name: str, timeout: float) -> None:
+        self._client = QMPClient(name)
+        self._timeout = timeout
+        self._events_task: asyncio.Task[None] | None = None
+
+    async def connect(self, socket_path: Path, on_event: Callable[[str], None]) -> None:
+        try:
+            async with asyncio.timeout(self._timeout):
+                await self._client.connect(str(socket_path))
+        except TimeoutError as exc:
+            raise HypervisorTimeoutError("QEMU did not answer on its control socket") from exc
+        except (QMPError, OSError) as exc:
+            raise DriverError("Could not connect to QEMU's control socket") from exc
+        self._events_task = asyncio.create_task(self._pump(on_event), name=f"qmp-events-{self._client.name}")
+
+    async def _pump(self, on_event: Callable[[str], None]) -> None:
+        with contextlib.suppress(QMPError):
+            async for event in self._client.events:
+                on_event(str(event["event"]))
+
+    async def execute(self, command: str, arguments: dict[str, Any] | None = None) -> Any:
+        try:
+            async with asyncio.timeout(self._timeout):
+                return await self._client.execute(command, arguments)
+        except TimeoutError as exc:
+            raise HypervisorTimeoutError(
+                f"QEMU did not answer '{command}' within {self._timeout:g} s"
+            ) from exc
+        except ExecuteError as exc:
+            raise DriverError(f"QEMU refused '{command}'", details=str(exc)) from exc
+        except (QMPError, OSError) as exc:
+            raise DriverError(f"Lost QEMU's control socket during '{command}'") from exc
+
+    async def close(self) -> None:
+        if self._events_task is not None:
+            self._events_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._events_task
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(2):
+                await self._client.disconnect()

@@ -1,0 +1,104 @@
+"""The one error tree. Meaning only: `api/errors.py` maps each class to an HTTP status.
+
+VoidVMError
+ ├── ValidationError            bad input (field, reason) pairs
+ ├── AuthError                  INVALID_CREDENTIALS, INVALID_TOKEN, TOKEN_EXPIRED, ...
+ ├── ForbiddenError             FORBIDDEN, ACCOUNT_DISABLED
+ │    └── QuotaExceededError
+ ├── NotFoundError              VM_NOT_FOUND, USER_NOT_FOUND, IMAGE_NOT_FOUND, ...
+ ├── ConflictError              NAME_CONFLICT, IMAGE_IN_USE, ...
+ │    └── InvalidStateError     VM_ALREADY_RUNNING, VM_NOT_RUNNING, INVALID_STATE, ...
+ ├── TooManyRequestsError       RATE_LIMIT_EXCEEDED, TOO_MANY_ATTEMPTS
+ └── DriverError                the hypervisor failed
+      ├── HypervisorUnavailableError
+      └── HypervisorTimeoutError
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class VoidVMError(Exception):
+    code = "INTERNAL_SERVER_ERROR"
+
+    def __init__(self, message: str, *, code: str | None = None, details: Any = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+        self.details = details
+
+
+class ValidationError(VoidVMError):
+    code = "VALIDATION_ERROR"
+
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(f"Invalid value for '{field}': {reason}", details=[_issue(field, reason)])
+
+    @classmethod
+    def many(cls, issues: list[tuple[str, str]]) -> ValidationError:
+        err = cls(issues[0][0], issues[0][1])
+        err.message = "Request parameters are invalid"
+        err.details = [_issue(f, r) for f, r in issues]
+        return err
+
+
+def _issue(field: str, reason: str) -> dict[str, str]:
+    return {"field": field, "reason": reason}
+
+
+class AuthError(VoidVMError):
+    code = "UNAUTHORIZED"
+
+
+class ForbiddenError(VoidVMError):
+    code = "FORBIDDEN"
+
+
+class QuotaExceededError(ForbiddenError):
+    code = "QUOTA_EXCEEDED"
+
+
+class NotFoundError(VoidVMError):
+    code = "NOT_FOUND"
+
+
+class ConflictError(VoidVMError):
+    code = "CONFLICT"
+
+
+class InvalidStateError(ConflictError):
+    code = "INVALID_STATE"
+
+    def __init__(self, message: str, *, code: str | None = None, current: str) -> None:
+        super().__init__(message, code=code, details={"current_status": current})
+        self.current = current
+
+
+class TooManyRequestsError(VoidVMError):
+    code = "RATE_LIMIT_EXCEEDED"
+
+    def __init__(self, message: str, *, retry_after: int, code: str | None = None) -> None:
+        super().__init__(message, code=code, details={"retry_after": retry_after})
+        self.retry_after = retry_after
+
+
+class DriverError(VoidVMError):
+    code = "HYPERVISOR_ERROR"
+
+
+class HypervisorUnavailableError(DriverError):
+    code = "HYPERVISOR_UNAVAILABLE"
+
+
+class HypervisorTimeoutError(DriverError):
+    code = "HYPERVISOR_TIMEOUT"
+
+
+def vm_not_found(vm_id: str) -> NotFoundError:
+    return NotFoundError(
+        "Virtual machine not found",
+        code="VM_NOT_FOUND",
+        details=f"Virtual machine with ID '{vm_id}' was not found",
+    )

@@ -1,0 +1,1 @@
+"""Events: what happened, published on an in-process bus for WebSocket subscribers."""

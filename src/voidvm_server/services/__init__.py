@@ -1,0 +1,1 @@
+"""Application services: the use cases. They combine domain rules, repositories and drivers."""

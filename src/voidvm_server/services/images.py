@@ -1,0 +1,314 @@
+"""The image store: list, import (server path, upload, URL), delete, and resolve a VM's `os`.
+
+Every image lives in `<data>/images/<image-id>/` under file names VoidVM chooses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import contextlib
+import logging
+import re
+import shutil
+from collections.abc import AsyncIterator, Coroutine
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from voidvm_server.config import Settings
+from voidvm_server.domain.models import Image, ImageFormat, ImageStatus
+from voidvm_server.drivers.base import BootMedia
+from voidvm_server.drivers.qemu.images import QemuImg
+from voidvm_server.errors import (
+    ConflictError,
+    NotFoundError,
+    ValidationError,
+    VoidVMError,
+)
+from voidvm_server.persistence.engine import Database
+from voidvm_server.persistence.repositories import ImageRepository
+from voidvm_server.services import catalog
+from voidvm_server.services.clock import now
+from voidvm_server.services.fetch import download, fetch_text
+from voidvm_server.services.ids import is_valid_id, new_id
+
+log = logging.getLogger(__name__)
+IMAGE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+DISK_FILE = {
+    ImageFormat.QCOW2: "disk.qcow2",
+    ImageFormat.RAW: "disk.raw",
+    ImageFormat.ISO: "cd.iso",
+}
+
+
+@dataclass(frozen=True)
+class ImageSource:
+    """Where an import comes from: exactly one of these is set."""
+
+    url: str | None = None
+    path: str | None = None  # relative to the configured import directory
+    upload: AsyncIterator[bytes] | None = None
+
+
+def image_not_found(ref: str) -> NotFoundError:
+    return NotFoundError("Image not found", code="IMAGE_NOT_FOUND", details=f"Image '{ref}' was not found")
+
+
+def boot_media(image: Image, image_dir: Path) -> BootMedia:
+    files = {k: image_dir / v for k, v in image.files.items()}
+    if image.format is ImageFormat.KERNEL:
+        return BootMedia(
+            kernel=files["kernel"], initrd=files.get("initrd"), kernel_cmdline=image.kernel_cmdline
+        )
+    if image.format is ImageFormat.ISO:
+        return BootMedia(cdrom=files["disk"])
+    return BootMedia(base_disk=files["disk"], base_format=image.format.value)
+
+
+class ImageService:
+    def __init__(self, db: Database, settings: Settings, qemu_img: QemuImg) -> None:
+        self.db = db
+        self.settings = settings
+        self.qemu_img = qemu_img
+        self.root = settings.data_dir / "images"
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.import_dir = settings.data_dir / "import"
+        self._ready: dict[str, asyncio.Event] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def image_dir(self, image_id: str) -> Path:
+        if not is_valid_id(image_id):
+            raise ValueError("invalid image id")
+        return self.root / image_id
+
+    def media(self, image: Image) -> BootMedia:
+        return boot_media(image, self.image_dir(image.id))
+
+    async def list(self) -> list[Image]:
+        async with self.db.session() as s:
+            return await ImageRepository(s).list()
+
+    async def get(self, ref: str) -> Image:
+        async with self.db.session() as s:
+            repo = ImageRepository(s)
+            image = await repo.get(ref) or await repo.by_name(ref)
+        if image is None:
+            raise image_not_found(ref)
+        return image
+
+    async def resolve(self, os_name: str | None) -> Image:
+        """The image a VM's `os` names (name or alias), the default one, or a catalog pull."""
+        images = await self.list()
+        if os_name is None or os_name == "":
+            for image in images:
+                if image.is_default:
+                    return image
+            raise ValidationError("os", "no default image is installed; run 'make run' or "
+                                  "'voidvm-server image build-tiny'")  # fmt: skip
+        key = os_name.lower()
+        for image in images:
+            if key == image.name.lower() or key in (a.lower() for a in image.aliases):
+                return image
+        entry = catalog.find(key)
+        if entry is None:
+            known = sorted({i.name for i in images} | {c.name for c in catalog.CATALOG})
+            raise ValidationError("os", f"unknown image; available: {', '.join(known)}")
+        return await self._pull_catalog(entry)
+
+    async def _pull_catalog(self, entry: catalog.CatalogImage) -> Image:
+        image = self._new_record(entry.name, ImageFormat(entry.format), entry.url)
+        image.aliases = list(entry.aliases)
+        image.status = ImageStatus.DOWNLOADING
+        try:
+            async with self.db.session() as s:
+                await ImageRepository(s).add(image)
+        except ConflictError:  # another request started the same pull first
+            return await self.get(entry.name)
+        self._spawn(self._download_catalog(image, entry))
+        return image
+
+    async def _download_catalog(self, image: Image, entry: catalog.CatalogImage) -> None:
+        directory = self.image_dir(image.id)
+        directory.mkdir(parents=True, exist_ok=True)
+        target = directory / DISK_FILE[image.format]
+        try:
+            if not self.settings.image_downloads:
+                raise ValidationError("os", "image downloads are disabled on this server")
+            sums = await fetch_text(entry.sums_url)
+            expected = catalog.expected_checksum(sums, entry.file_name)
+            if expected is None:
+                raise ValidationError("os", "the publisher's checksum file does not list the image")
+            algorithm = "sha512" if len(expected) == 128 else "sha256"
+            digest = await download(
+                entry.url, target, max_bytes=self.settings.max_upload_bytes, algorithm=algorithm
+            )
+            if digest != expected:
+                raise ValidationError("os", "the downloaded image does not match its checksum")
+            await self._finish(image, target)
+        except Exception as exc:  # any failure becomes the image's status, not a crash
+            reason = exc.message if isinstance(exc, VoidVMError) else f"download failed: {exc}"
+            log.warning("Pulling image %s failed: %s", entry.name, reason)
+            await asyncio.to_thread(shutil.rmtree, directory, True)
+            async with self.db.session() as s:
+                await ImageRepository(s).update(
+                    image.id, status=ImageStatus.ERROR.value, status_reason=reason
+                )
+        finally:
+            self._ready.setdefault(image.id, asyncio.Event()).set()
+
+    async def wait_ready(self, image_id: str) -> Image:
+        """Wait for a pull to finish; the image comes back `available` or `error`."""
+        image = await self.get(image_id)
+        if image.status is ImageStatus.DOWNLOADING:
+            event = self._ready.setdefault(image_id, asyncio.Event())
+            await event.wait()
+            image = await self.get(image_id)
+        return image
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _new_record(self, name: str, fmt: ImageFormat, source: str) -> Image:
+        if not IMAGE_NAME.match(name):
+            raise ValidationError("name", "1-64 letters, digits, '.', '_' or '-'")
+        return Image(
+            id=new_id("img"),
+            name=name,
+            aliases=[],
+            format=fmt,
+            status=ImageStatus.AVAILABLE,
+            status_reason=None,
+            size_bytes=0,
+            virtual_size_bytes=0,
+            is_default=False,
+            source=source,
+            created_at=now(),
+        )
+
+    async def _finish(self, image: Image, disk: Path) -> None:
+        info = await self.qemu_img.inspect(disk, image.format.value)
+        async with self.db.session() as s:
+            await ImageRepository(s).update(
+                image.id,
+                status=ImageStatus.AVAILABLE.value,
+                status_reason=None,
+                size_bytes=disk.stat().st_size,
+                virtual_size_bytes=info.virtual_size,
+                files={"disk": disk.name},
+            )
+
+    async def import_image(
+        self, name: str, fmt: ImageFormat, source: ImageSource, aliases: builtins.list[str]
+    ) -> Image:
+        if fmt is ImageFormat.KERNEL:
+            raise ValidationError("format", "kernel images are added with 'voidvm-server image'")
+        image = self._new_record(name, fmt, "upload" if source.upload else source.url or "file")
+        image.aliases = [a for a in aliases if IMAGE_NAME.match(a)]
+        directory = self.image_dir(image.id)
+        directory.mkdir(parents=True)
+        target = directory / DISK_FILE[fmt]
+        try:
+            if source.url is not None:
+                await download(
+                    source.url,
+                    target,
+                    max_bytes=self.settings.max_upload_bytes,
+                    allow_private=self.settings.image_allow_private_urls,
+                )
+            elif source.path is not None:
+                await asyncio.to_thread(shutil.copyfile, self._import_path(source.path), target)
+            elif source.upload is not None:
+                await self._save_upload(source.upload, target)
+            else:
+                raise ValidationError("url", "give a url, a path or a file")
+            info = await self.qemu_img.inspect(target, fmt.value)
+            image.size_bytes = target.stat().st_size
+            image.virtual_size_bytes = info.virtual_size
+            image.files = {"disk": target.name}
+            async with self.db.session() as s:
+                await ImageRepository(s).add(image)
+        except BaseException:
+            await asyncio.to_thread(shutil.rmtree, directory, True)
+            raise
+        return image
+
+    def _import_path(self, relative: str) -> Path:
+        """Only files inside the import directory: no user-supplied host path is opened."""
+        base = self.import_dir.resolve()
+        candidate = (base / relative).resolve()
+        if not candidate.is_relative_to(base) or not candidate.is_file():
+            raise ValidationError("path", "must name a file inside the server's image import directory")
+        return candidate
+
+    async def _save_upload(self, chunks: AsyncIterator[bytes], target: Path) -> None:
+        written = 0
+        with target.open("wb") as handle:
+            async for chunk in chunks:
+                written += len(chunk)
+                if written > self.settings.max_upload_bytes:
+                    raise ValidationError("file", "the upload is larger than the allowed size")
+                await asyncio.to_thread(handle.write, chunk)
+
+    async def register_kernel_image(
+        self, name: str, kernel: Path, initrd: Path | None, cmdline: str, *, default: bool
+    ) -> Image:
+        """Copy a kernel (+ initrd) pair into the store; used by `image build-tiny`."""
+        image = self._new_record(name, ImageFormat.KERNEL, "built-in")
+        directory = self.image_dir(image.id)
+        directory.mkdir(parents=True)
+        shutil.copyfile(kernel, directory / "vmlinuz")
+        image.files = {"kernel": "vmlinuz"}
+        if initrd is not None:
+            shutil.copyfile(initrd, directory / "initrd.img")
+            image.files["initrd"] = "initrd.img"
+        image.kernel_cmdline = cmdline
+        image.aliases = ["voidvm-tiny", "busybox", "default"] if name == "tiny" else []
+        image.size_bytes = sum((directory / f).stat().st_size for f in image.files.values())
+        async with self.db.session() as s:
+            repo = ImageRepository(s)
+            old = await repo.by_name(name)
+            if old is not None and not await repo.in_use(old.id):
+                await repo.delete(old.id)
+                shutil.rmtree(self.image_dir(old.id), ignore_errors=True)
+            elif old is not None:
+                shutil.rmtree(directory, ignore_errors=True)
+                raise ConflictError(f"Image '{name}' is in use; delete its VMs first", code="IMAGE_IN_USE")
+            await repo.add(image)
+            if default:
+                await repo.set_default(image.id)
+                image.is_default = True
+        return image
+
+    async def set_default(self, ref: str) -> Image:
+        image = await self.get(ref)
+        async with self.db.session() as s:
+            await ImageRepository(s).set_default(image.id)
+        return await self.get(image.id)
+
+    async def delete(self, ref: str) -> None:
+        image = await self.get(ref)
+        async with self.db.session() as s:
+            repo = ImageRepository(s)
+            if await repo.in_use(image.id):
+                raise ConflictError("The image is used by a VM", code="IMAGE_IN_USE")
+            await repo.delete(image.id)
+        await asyncio.to_thread(shutil.rmtree, self.image_dir(image.id), True)
+
+    async def recover(self) -> None:
+        """After a restart, a pull that was in progress will not finish: say so."""
+        async with self.db.session() as s:
+            repo = ImageRepository(s)
+            for image in await repo.list():
+                if image.status is ImageStatus.DOWNLOADING:
+                    await repo.update(image.id, status=ImageStatus.ERROR.value,
+                                      status_reason="the download was interrupted by a restart")  # fmt: skip
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            with contextlib.suppress(asyncio.CancelledError):
+                await task

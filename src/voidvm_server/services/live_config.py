@@ -1,0 +1,119 @@
+"""Configuration an admin can change at run time (`GET/PUT /config`), persisted in the database.
+
+Updates are partial and deep-merged, then validated as a whole before they take effect.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import ValidationError as PydanticValidationError
+
+from voidvm_server.config import Settings
+from voidvm_server.errors import ValidationError
+from voidvm_server.persistence.engine import Database
+from voidvm_server.persistence.repositories import ConfigRepository
+from voidvm_server.services.clock import now
+
+KEY = "live"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class RateLimits(_Section):
+    default: str = Field("100/minute", pattern=r"^\d+\s*/\s*(second|minute|hour|day)$")
+    per_role: dict[str, str] = Field(default_factory=dict)
+    per_user: dict[str, str] = Field(default_factory=dict)
+
+
+class DefaultQuota(_Section):
+    max_vms: int = Field(5, ge=0, le=100_000)
+    max_cpus: int = Field(16, ge=0)
+    max_memory_mb: int = Field(32768, ge=0)
+    max_disk_gb: int = Field(500, ge=0)
+
+
+class VMBounds(_Section):
+    min_cpu: int = Field(1, ge=1)
+    max_cpu: int = Field(32, ge=1, le=512)
+    min_memory_mb: int = Field(64, ge=16)
+    max_memory_mb: int = Field(65536, ge=16)
+    min_disk_gb: int = Field(1, ge=1)
+    max_disk_gb: int = Field(2048, ge=1)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> VMBounds:
+        if self.min_cpu > self.max_cpu or self.min_memory_mb > self.max_memory_mb:
+            raise ValueError("minimums must not exceed maximums")
+        if self.min_disk_gb > self.max_disk_gb:
+            raise ValueError("minimums must not exceed maximums")
+        return self
+
+
+class LiveConfig(_Section):
+    rate_limits: RateLimits = Field(default_factory=RateLimits)
+    default_quota: DefaultQuota = Field(default_factory=DefaultQuota)
+    vm_bounds: VMBounds = Field(default_factory=VMBounds)
+    default_image: str = "tiny"
+
+
+def from_settings(settings: Settings) -> LiveConfig:
+    return LiveConfig(
+        rate_limits=RateLimits(default=settings.rate_limit),
+        default_quota=DefaultQuota(
+            max_vms=settings.default_max_vms,
+            max_cpus=settings.default_max_cpus,
+            max_memory_mb=settings.default_max_memory_mb,
+            max_disk_gb=settings.default_max_disk_gb,
+        ),
+        vm_bounds=VMBounds(
+            max_cpu=settings.vm_max_cpu,
+            min_memory_mb=settings.vm_min_memory_mb,
+            max_memory_mb=settings.vm_max_memory_mb,
+            max_disk_gb=settings.vm_max_disk_gb,
+        ),
+        default_image=settings.default_image,
+    )
+
+
+def deep_merge(base: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in patch.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+class LiveConfigStore:
+    """Holds the current LiveConfig; services read `.current` on every use, so changes are live."""
+
+    def __init__(self, db: Database, settings: Settings) -> None:
+        self.db = db
+        self.current = from_settings(settings)
+
+    async def load(self) -> None:
+        async with self.db.session() as s:
+            stored = await ConfigRepository(s).get(KEY)
+        if stored:
+            self.current = self._validate(deep_merge(self.current.model_dump(), stored))
+
+    async def update(self, patch: dict[str, Any]) -> LiveConfig:
+        candidate = self._validate(deep_merge(self.current.model_dump(), patch))
+        async with self.db.session() as s:
+            await ConfigRepository(s).put(KEY, candidate.model_dump(), now())
+        self.current = candidate
+        return candidate
+
+    @staticmethod
+    def _validate(document: dict[str, Any]) -> LiveConfig:
+        try:
+            return LiveConfig.model_validate(document)
+        except PydanticValidationError as exc:
+            raise ValidationError.many(
+                [(".".join(str(p) for p in e["loc"]) or "config", e["msg"]) for e in exc.errors()]
+            ) from exc

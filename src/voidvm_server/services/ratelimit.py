@@ -1,0 +1,50 @@
+"""Request budgets on the `limits` library: memory storage on one server, Redis when shared."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+from limits import RateLimitItem, parse
+from limits.aio.storage import MemoryStorage, RedisStorage, Storage
+from limits.aio.strategies import MovingWindowRateLimiter
+
+
+@dataclass(frozen=True)
+class Verdict:
+    allowed: bool
+    limit: int
+    remaining: int
+    reset_after: int  # seconds until the window frees a slot
+
+
+class RateLimiter:
+    def __init__(self, redis_url: str | None = None, namespace: str = "voidvm") -> None:
+        self.storage: Storage
+        if redis_url:
+            self.storage = RedisStorage(
+                redis_url.replace("redis://", "async+redis://", 1)
+                if redis_url.startswith("redis://")
+                else redis_url,
+                key_prefix=namespace,
+            )
+        else:
+            self.storage = MemoryStorage()
+        self._limiter = MovingWindowRateLimiter(self.storage)
+
+    @staticmethod
+    def parse(limit: str) -> RateLimitItem:
+        return parse(limit)
+
+    async def hit(self, item: RateLimitItem, *key: str) -> Verdict:
+        allowed = await self._limiter.hit(item, *key)
+        stats = await self._limiter.get_window_stats(item, *key)
+        reset_after = max(1, math.ceil(stats.reset_time - time.time()))
+        return Verdict(allowed, item.amount, max(0, stats.remaining), reset_after)
+
+    async def clear(self, item: RateLimitItem, *key: str) -> None:
+        await self._limiter.clear(item, *key)
+
+    async def reset(self) -> None:
+        await self.storage.reset()
