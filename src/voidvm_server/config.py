@@ -25,6 +25,7 @@ class Settings(BaseSettings):
         default=None, description="SQLAlchemy async URL; default is a SQLite file in data_dir"
     )
     redis_url: str | None = None
+    redis_prefix: str = "voidvm"
 
     jwt_secret: SecretStr | None = None
     jwt_issuer: str = "voidvm"
@@ -66,10 +67,17 @@ class Settings(BaseSettings):
     ws_max_total: int = 1000
     ws_auth_grace_seconds: float = 5.0
     ws_allowed_origins: list[str] = Field(default_factory=list)
+    ws_ping_interval_seconds: float = 30.0  # protocol-level pings, sent by uvicorn
+    ws_revalidate_seconds: float = 5.0  # how often open sockets re-check their token
+    ws_max_message_bytes: int = 64 * 1024
+    ws_messages_per_second: int = 50
+    ws_ticket_ttl_seconds: float = 30.0
+    console_replay_bytes: int = 4096
 
     log_json: bool = False
     log_level: str = "INFO"
     metrics_public: bool = False
+    stats_interval_seconds: float = 10.0
 
     @property
     def resolved_database_url(self) -> str:

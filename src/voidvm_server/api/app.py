@@ -8,12 +8,14 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 from fastapi import FastAPI
+from prometheus_client import CollectorRegistry
 
 from voidvm_server import __version__
 from voidvm_server.api import errors
 from voidvm_server.api.container import Container
+from voidvm_server.api.metrics import RequestMetrics
 from voidvm_server.api.middleware import RequestContextMiddleware
-from voidvm_server.api.routes import auth, images, system, users, vms
+from voidvm_server.api.routes import auth, images, metrics, system, users, vms
 from voidvm_server.api.routes.images import UPLOAD_PATH
 from voidvm_server.auth.tokens import TokenService, load_or_create_secret
 from voidvm_server.config import Settings
@@ -27,6 +29,7 @@ from voidvm_server.services.audit import AuditLog
 from voidvm_server.services.auth import AuthService
 from voidvm_server.services.images import ImageService
 from voidvm_server.services.live_config import LiveConfigStore
+from voidvm_server.services.monitor import ResourceMonitor
 from voidvm_server.services.ratelimit import RateLimiter
 from voidvm_server.services.users import UserService
 from voidvm_server.services.vms import VMService
@@ -68,7 +71,7 @@ async def build_container(settings: Settings, driver_factory: DriverFactory | No
         else await build_driver(settings, qemu_version)
     )
     bus = EventBus()
-    limiter = RateLimiter(settings.redis_url)
+    limiter = RateLimiter(settings.redis_url, settings.redis_prefix)
     live = LiveConfigStore(db, settings)
     await live.load()
     tokens = TokenService(
@@ -94,6 +97,7 @@ async def build_container(settings: Settings, driver_factory: DriverFactory | No
         images=images,
         vms=VMService(db, driver, images, bus, live, settings),
         audit=AuditLog(db),
+        monitor=ResourceMonitor(driver, settings.stats_interval_seconds),
         qemu_version=qemu_version.removeprefix("qemu-img version ").split(" ")[0],
     )
 
@@ -115,10 +119,12 @@ async def start_services(container: Container) -> None:
         )
     await container.images.recover()
     await container.vms.reconcile()
+    container.monitor.start()
     log.info("VoidVM %s ready (accelerator: %s)", __version__, container.driver.accel)
 
 
 async def stop_services(container: Container) -> None:
+    await container.monitor.stop()
     await container.vms.close()
     await container.images.close()
     await container.driver.close()
@@ -145,14 +151,18 @@ def create_app(settings: Settings, *, driver_factory: DriverFactory | None = Non
         redoc_url=None,
         openapi_url=f"{API_PREFIX}/openapi.json",
     )
-    app.state.rate_limited_total = 0
+    app.state.registry = CollectorRegistry()
+    app.state.request_metrics = RequestMetrics(app.state.registry)
     errors.install(app)
     for module in (auth, users, vms, images, system):
         app.include_router(module.router, prefix=API_PREFIX)
+    app.include_router(metrics.router)
     app.add_middleware(
         RequestContextMiddleware,
         max_body_bytes=settings.max_body_bytes,
         max_upload_bytes=settings.max_upload_bytes,
         upload_paths=(UPLOAD_PATH,),
+        metrics=app.state.request_metrics,
+        api_prefix=API_PREFIX,
     )
     return app

@@ -15,6 +15,7 @@ from voidvm_server.services.audit import AuditLog
 from voidvm_server.services.auth import AuthService
 from voidvm_server.services.images import ImageService
 from voidvm_server.services.live_config import LiveConfigStore
+from voidvm_server.services.monitor import ResourceMonitor
 from voidvm_server.services.ratelimit import RateLimiter
 from voidvm_server.services.users import UserService
 from voidvm_server.services.vms import VMService
@@ -35,6 +36,7 @@ class Container:
     images: ImageService
     vms: VMService
     audit: AuditLog
+    monitor: ResourceMonitor
     qemu_version: str = "unknown"
     default_admin_password: bool = False
     started_at: float = field(default_factory=time.time)

@@ -40,7 +40,7 @@ async def enforce_rate_limit(request: Request, container: Container, key: str, r
         "X-RateLimit-Reset": verdict.reset_after,
     }
     if not verdict.allowed:
-        request.app.state.rate_limited_total += 1
+        request.app.state.request_metrics.rate_limited.inc()
         raise TooManyRequestsError(
             f"Rate limit exceeded: {limit_text}; retry in {verdict.reset_after} s",
             retry_after=verdict.reset_after,

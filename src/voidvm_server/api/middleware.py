@@ -15,10 +15,25 @@ from typing import Any
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from voidvm_server.api.envelope import error_body
+from voidvm_server.api.metrics import RequestMetrics
 from voidvm_server.services import context
 
 log = logging.getLogger("voidvm_server.access")
 SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+
+
+def _route_label(scope: Scope, api_prefix: str) -> str:
+    """The route template (`/api/v1/vms/{vm_id}`), never the raw path, so labels stay bounded.
+
+    FastAPI keeps an included router's prefix out of its routes' `path`; put it back.
+    """
+    route = scope.get("route")
+    if route is None:
+        return "unmatched"
+    path = str(getattr(route, "path", "unmatched"))
+    if scope["path"].startswith(api_prefix) and not path.startswith(api_prefix):
+        return api_prefix + path
+    return path
 
 
 class BodyTooLarge(Exception):
@@ -33,8 +48,12 @@ class RequestContextMiddleware:
         max_body_bytes: int,
         max_upload_bytes: int,
         upload_paths: tuple[str, ...],
+        metrics: RequestMetrics | None = None,
+        api_prefix: str = "/api/v1",
     ) -> None:
         self.app = app
+        self.api_prefix = api_prefix
+        self.metrics = metrics
         self.max_body = max_body_bytes
         self.max_upload = max_upload_bytes
         self.upload_paths = upload_paths
@@ -100,12 +119,16 @@ class RequestContextMiddleware:
                 await self._send_error(send, 500, "INTERNAL_SERVER_ERROR",
                                        "An internal error occurred", request_id)  # fmt: skip
         finally:
+            elapsed = time.perf_counter() - started
+            route = _route_label(scope, self.api_prefix)
+            if self.metrics is not None:
+                self.metrics.observe(scope["method"], route, int(status_holder["status"]), elapsed)
             log.info(
                 "%s %s -> %s in %.1f ms",
                 scope["method"],
                 scope["path"],
                 status_holder["status"],
-                (time.perf_counter() - started) * 1000,
+                elapsed * 1000,
             )
 
     @classmethod

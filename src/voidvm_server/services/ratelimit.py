@@ -23,12 +23,8 @@ class RateLimiter:
     def __init__(self, redis_url: str | None = None, namespace: str = "voidvm") -> None:
         self.storage: Storage
         if redis_url:
-            self.storage = RedisStorage(
-                redis_url.replace("redis://", "async+redis://", 1)
-                if redis_url.startswith("redis://")
-                else redis_url,
-                key_prefix=namespace,
-            )
+            uri = "async+" + redis_url if redis_url.startswith("redis") else redis_url
+            self.storage = RedisStorage(uri, implementation="redispy", key_prefix=namespace)
         else:
             self.storage = MemoryStorage()
         self._limiter = MovingWindowRateLimiter(self.storage)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 import platform
 import time
-from datetime import datetime
-from typing import Any
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal
 
 import psutil
 from fastapi import APIRouter, Body, Query
@@ -16,6 +16,8 @@ from voidvm_server import API_VERSION, __version__
 from voidvm_server.api.deps import AdminPrincipal, ContainerDep, CurrentPrincipal
 from voidvm_server.api.envelope import fail, ok
 from voidvm_server.api.presenters import audit_json, pagination
+from voidvm_server.persistence.repositories import AuditRepository, VMRepository
+from voidvm_server.services.monitor import PERIODS
 
 router = APIRouter(tags=["system"])
 
@@ -74,6 +76,26 @@ async def info(_p: CurrentPrincipal, container: ContainerDep) -> JSONResponse:
         "default_admin_password": container.default_admin_password,
     }
     return ok(data)
+
+
+@router.get("/system/stats")
+async def stats(
+    _admin: AdminPrincipal,
+    container: ContainerDep,
+    period: Literal["1h", "24h", "7d", "30d"] = Query("1h"),
+) -> JSONResponse:
+    async with container.db.session() as s:
+        by_state = await VMRepository(s).count_by_status()
+    since = datetime.now(UTC) - timedelta(seconds=PERIODS[period])
+    async with container.db.session() as s:
+        events = await AuditRepository(s).count_since(since)
+    return ok({
+        "period": period,
+        "vms": {"total": sum(by_state.values()), "by_status": by_state},
+        "resources": container.monitor.history(period),
+        "sample_interval_seconds": container.monitor.interval,
+        "events": events,
+    })  # fmt: skip
 
 
 @router.get("/config")

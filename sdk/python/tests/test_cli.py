@@ -1,0 +1,347 @@
+"""The ``voidvm`` CLI through typer's CliRunner; clients come from an injected factory."""
+
+from __future__ import annotations
+
+import json
+import stat
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from typer.testing import CliRunner
+
+from voidvm import VoidVMClient
+from voidvm.cli import CliDeps, ExitCode, make_app
+from voidvm.cli._config import ConfigStore, StoredLogin, default_config_path
+from voidvm.cli.app import normalize_api_url
+from voidvm_testkit import FakeAPI, fail, json_body, ok, vm
+
+URL = "http://vm.test:3000/api/v1"
+
+
+class Harness:
+    def __init__(self, api: FakeAPI, config_path: Path) -> None:
+        self.api = api
+        self.config_path = config_path
+        self.made: list[tuple[str, str | None]] = []
+        self.runner = CliRunner(env={"VOIDVM_URL": None, "VOIDVM_TOKEN": None})
+
+    def factory(self, base_url: str, token: str | None) -> VoidVMClient:
+        self.made.append((base_url, token))
+        return VoidVMClient(
+            base_url, token, transport=self.api.transport, retry_on_rate_limit=False
+        )
+
+    def run(self, *args: str, input: str | None = None, env: dict[str, str] | None = None) -> Any:
+        deps = CliDeps(client_factory=self.factory, config_path=self.config_path)
+        return self.runner.invoke(make_app(deps), list(args), input=input, env=env)
+
+    def login_stored(self, token: str = "stored-jwt", url: str = URL) -> None:
+        ConfigStore(self.config_path).save(StoredLogin(url=url, token=token, username="admin"))
+
+
+@pytest.fixture
+def cli(tmp_path: Path) -> Harness:
+    return Harness(FakeAPI(), tmp_path / "cfg" / "voidvm" / "config.json")
+
+
+AUTH_ENV = {"VOIDVM_URL": URL, "VOIDVM_TOKEN": "env-token"}
+
+
+def vm_page(*vms: dict[str, Any]) -> httpx.Response:
+    return ok(
+        {"vms": list(vms), "pagination": {"page": 1, "limit": 100, "total": len(vms), "pages": 1}}
+    )
+
+
+def test_login_with_flags_stores_a_private_config(cli: Harness) -> None:
+    cli.api.on("POST", "/auth/login", ok({"token": "jwt-xyz", "user": {"username": "admin"}}))
+    result = cli.run("login", "--url", "http://vm.test:3000", "-u", "admin", "-p", "admin123")
+
+    assert result.exit_code == 0, result.output
+    assert json_body(cli.api.last) == {"username": "admin", "password": "admin123"}
+    assert cli.made == [(URL, None)]
+    stored = json.loads(cli.config_path.read_text())
+    assert stored == {"url": URL, "token": "jwt-xyz", "username": "admin"}
+    assert stat.S_IMODE(cli.config_path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(cli.config_path.parent.stat().st_mode) == 0o700
+    assert "jwt-xyz" not in result.output
+
+
+def test_login_prompts_for_missing_values(cli: Harness) -> None:
+    cli.api.on("POST", "/auth/login", ok({"token": "jwt-p"}))
+    result = cli.run("login", input=f"{URL}\nalice\nsecret-pw\n")
+
+    assert result.exit_code == 0, result.output
+    assert json_body(cli.api.last) == {"username": "alice", "password": "secret-pw"}
+    assert "secret-pw" not in result.output
+    assert ConfigStore(cli.config_path).load().token == "jwt-p"
+
+
+def test_wrong_password_exits_3_and_stores_nothing(cli: Harness) -> None:
+    cli.api.on(
+        "POST", "/auth/login", fail(401, "INVALID_CREDENTIALS", "wrong username or password")
+    )
+    result = cli.run("login", "--url", URL, "-u", "admin", "-p", "nope")
+    assert result.exit_code == ExitCode.AUTH == 3
+    assert "INVALID_CREDENTIALS" in result.stderr
+    assert not cli.config_path.exists()
+
+
+def test_stored_login_is_used_by_later_commands(cli: Harness) -> None:
+    cli.login_stored()
+    cli.api.on("GET", "/vms", vm_page(vm("vm-1", "running", name="web")))
+    result = cli.run("vm", "list")
+
+    assert result.exit_code == 0, result.output
+    assert cli.made == [(URL, "stored-jwt")]
+    assert cli.api.last.headers["Authorization"] == "Bearer stored-jwt"
+    assert "web" in result.stdout and "running" in result.stdout and "vm-1" in result.stdout
+
+
+def test_env_vars_override_the_stored_login(cli: Harness) -> None:
+    cli.login_stored()
+    cli.api.on("GET", "/vms", vm_page())
+    result = cli.run("vm", "list", env=AUTH_ENV)
+    assert result.exit_code == 0, result.output
+    assert cli.made == [(URL, "env-token")]
+
+
+def test_stored_token_is_never_sent_to_another_url(cli: Harness) -> None:
+    cli.login_stored(url="http://other.test:3000/api/v1")
+    result = cli.run("vm", "list", env={"VOIDVM_URL": URL})
+    assert result.exit_code == ExitCode.AUTH
+    assert cli.made == []
+    assert "voidvm login" in result.stderr
+
+
+def test_vm_list_json_is_machine_readable(cli: Harness) -> None:
+    cli.api.on("GET", "/vms", vm_page(vm("vm-1"), vm("vm-2")))
+    result = cli.run("vm", "list", "--json", "--status", "stopped", env=AUTH_ENV)
+    assert result.exit_code == 0, result.output
+    assert [v["id"] for v in json.loads(result.stdout)] == ["vm-1", "vm-2"]
+    assert cli.api.last.url.params["status"] == "stopped"
+
+
+def test_vm_create_waits_for_the_vm_to_be_ready(cli: Harness) -> None:
+    cli.api.on("POST", "/vms", ok(vm("vm-9", "creating", name="db"), status=201))
+    cli.api.on("GET", "/vms/vm-9", ok(vm("vm-9", "stopped", name="db")))
+    result = cli.run(
+        "vm",
+        "create",
+        "db",
+        "--cpu",
+        "2",
+        "--memory",
+        "2048",
+        "--disk",
+        "20",
+        "--os",
+        "tiny",
+        "--json",
+        env=AUTH_ENV,
+    )
+    assert result.exit_code == 0, result.output
+    assert json_body(cli.api.requests[0]) == {
+        "name": "db",
+        "cpu": 2,
+        "memory": 2048,
+        "disk": 20,
+        "os": "tiny",
+    }
+    assert json.loads(result.stdout)["status"] == "stopped"
+
+
+@pytest.mark.parametrize(
+    ("args", "path", "body"),
+    [
+        (["start", "vm-1"], "/vms/vm-1/start", {"wait": True}),
+        (["stop", "vm-1", "--force"], "/vms/vm-1/stop", {"wait": True, "force": True}),
+        (
+            ["stop", "vm-1", "--timeout", "5", "--no-wait"],
+            "/vms/vm-1/stop",
+            {"wait": False, "timeout": 5.0},
+        ),
+        (["restart", "vm-1"], "/vms/vm-1/restart", {"wait": True}),
+    ],
+)
+def test_vm_actions(cli: Harness, args: list[str], path: str, body: dict[str, Any]) -> None:
+    cli.api.on("POST", path, ok(vm("vm-1", "running")))
+    result = cli.run("vm", *args, env=AUTH_ENV)
+    assert result.exit_code == 0, result.output
+    assert cli.api.last.url.path == f"/api/v1{path}"
+    assert json_body(cli.api.last) == body
+
+
+def test_vm_show_prints_fields(cli: Harness) -> None:
+    cli.api.on("GET", "/vms/vm-1", ok(vm("vm-1", "running", ports={"ssh": 22001})))
+    result = cli.run("vm", "show", "vm-1", env=AUTH_ENV)
+    assert result.exit_code == 0, result.output
+    assert "ports.ssh" in result.stdout and "22001" in result.stdout
+
+
+def test_vm_delete_asks_first(cli: Harness) -> None:
+    cli.api.on("DELETE", "/vms/vm-1", ok(None))
+    declined = cli.run("vm", "delete", "vm-1", input="n\n", env=AUTH_ENV)
+    assert declined.exit_code == 1
+    assert cli.api.requests == []
+
+    accepted = cli.run("vm", "delete", "vm-1", "--yes", "--force", env=AUTH_ENV)
+    assert accepted.exit_code == 0, accepted.output
+    assert cli.api.last.method == "DELETE"
+    assert cli.api.last.url.params["force"] == "true"
+
+
+@pytest.mark.parametrize(
+    ("response", "code"),
+    [
+        (
+            fail(400, "VALIDATION_ERROR", "bad", [{"field": "cpu", "reason": "too many"}]),
+            ExitCode.USAGE,
+        ),
+        (fail(401, "TOKEN_EXPIRED"), ExitCode.AUTH),
+        (fail(403, "QUOTA_EXCEEDED"), ExitCode.FORBIDDEN),
+        (fail(403, "FORBIDDEN"), ExitCode.FORBIDDEN),
+        (fail(404, "VM_NOT_FOUND", "虚拟机不存在"), ExitCode.NOT_FOUND),
+        (fail(409, "VM_ALREADY_RUNNING"), ExitCode.CONFLICT),
+        (fail(429, "RATE_LIMIT_EXCEEDED", **{"Retry-After": "1"}), ExitCode.RATE_LIMITED),
+        (fail(500, "INTERNAL_SERVER_ERROR"), ExitCode.SERVER),
+        (fail(405, "METHOD_NOT_ALLOWED"), ExitCode.ERROR),
+    ],
+)
+def test_errors_map_to_exit_codes(cli: Harness, response: httpx.Response, code: ExitCode) -> None:
+    cli.api.on("POST", "/vms/vm-1/start", response)
+    result = cli.run("vm", "start", "vm-1", env=AUTH_ENV)
+    assert result.exit_code == code
+    assert "Error" in result.stderr
+    assert "req-err" in result.stderr
+
+
+def test_validation_details_are_printed(cli: Harness) -> None:
+    cli.api.on(
+        "POST",
+        "/vms",
+        fail(400, "VALIDATION_ERROR", "invalid", [{"field": "cpu", "reason": "max 16"}]),
+    )
+    result = cli.run("vm", "create", "x", "--cpu", "99", env=AUTH_ENV)
+    assert result.exit_code == ExitCode.USAGE
+    assert "cpu: max 16" in result.stderr
+
+
+def test_unreachable_server_exits_9(tmp_path: Path) -> None:
+    def refuse(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("refused", request=request)
+
+    deps = CliDeps(
+        client_factory=lambda url, token: VoidVMClient(
+            url, token, transport=httpx.MockTransport(refuse)
+        ),
+        config_path=tmp_path / "c.json",
+    )
+    result = CliRunner().invoke(make_app(deps), ["system", "info"], env=AUTH_ENV)
+    assert result.exit_code == ExitCode.CONNECTION == 9
+
+
+def test_errors_in_json_mode_are_json_on_stderr(cli: Harness) -> None:
+    cli.api.on("GET", "/vms/vm-404", fail(404, "VM_NOT_FOUND", "missing"))
+    result = cli.run("vm", "show", "vm-404", "--json", env=AUTH_ENV)
+    assert result.exit_code == ExitCode.NOT_FOUND
+    assert result.stdout == ""
+    error = json.loads(result.stderr)["error"]
+    assert error["code"] == "VM_NOT_FOUND" and error["request_id"] == "req-err"
+
+
+def test_not_logged_in_exits_3(cli: Harness) -> None:
+    result = cli.run("vm", "list")
+    assert result.exit_code == ExitCode.AUTH
+    assert cli.api.requests == []
+
+
+def test_image_list_and_system_info(cli: Harness) -> None:
+    image = {
+        "id": "img-1",
+        "name": "tiny",
+        "format": "qcow2",
+        "status": "available",
+        "size_bytes": 50 * 1024**2,
+        "is_default": True,
+        "aliases": ["default"],
+    }
+    cli.api.on("GET", "/images", ok({"images": [image]}))
+    cli.api.on(
+        "GET",
+        "/system/info",
+        ok({"version": "0.1.0", "accelerator": "tcg", "host": {"arch": "x86_64"}}),
+    )
+
+    images = cli.run("image", "list", env=AUTH_ENV)
+    info = cli.run("system", "info", "--json", env=AUTH_ENV)
+
+    assert images.exit_code == 0, images.output
+    assert "tiny" in images.stdout and "50.0 MiB" in images.stdout
+    assert info.exit_code == 0, info.output
+    assert json.loads(info.stdout)["host"]["arch"] == "x86_64"
+
+
+def test_logout_revokes_and_forgets_the_token(cli: Harness) -> None:
+    cli.login_stored()
+    cli.api.on("POST", "/auth/logout", ok(None))
+    result = cli.run("logout")
+    assert result.exit_code == 0, result.output
+    assert cli.api.last.headers["Authorization"] == "Bearer stored-jwt"
+    assert ConfigStore(cli.config_path).load() == StoredLogin(url=URL, username="admin")
+
+
+def test_console_without_a_terminal_is_a_usage_error(cli: Harness) -> None:
+    result = cli.run("vm", "console", "vm-1", env=AUTH_ENV)
+    assert result.exit_code == ExitCode.USAGE
+
+
+def test_usage_errors_exit_2(cli: Harness) -> None:
+    assert cli.run("vm", "start").exit_code == 2
+    assert cli.run("vm", "frobnicate").exit_code == 2
+
+
+def test_config_path_honours_xdg_config_home(tmp_path: Path) -> None:
+    assert (
+        default_config_path({"XDG_CONFIG_HOME": str(tmp_path)})
+        == tmp_path / "voidvm" / "config.json"
+    )
+    assert (
+        default_config_path({"XDG_CONFIG_HOME": "relative"})
+        == Path.home() / ".config" / "voidvm" / "config.json"
+    )
+    assert default_config_path({}) == Path.home() / ".config" / "voidvm" / "config.json"
+
+
+def test_version_flag() -> None:
+    result = CliRunner().invoke(make_app(), ["--version"])
+    assert result.exit_code == 0
+    assert result.stdout.startswith("voidvm ")
+
+
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [
+        ("http://h:3000", "http://h:3000/api/v1"),
+        ("h:3000/", "http://h:3000/api/v1"),
+        ("https://h/api/v1/", "https://h/api/v1"),
+        ("https://h/prefix/api/v1", "https://h/prefix/api/v1"),
+    ],
+)
+def test_urls_given_to_the_cli_are_normalized(given: str, expected: str) -> None:
+    assert normalize_api_url(given) == expected
+
+
+def test_the_library_does_not_import_the_cli_stack() -> None:
+    # (httpx itself imports rich when it is installed, so only typer and our CLI are checked)
+    code = (
+        "import sys, voidvm; print(sorted(m for m in ('typer', 'voidvm.cli') if m in sys.modules))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip() == "[]"

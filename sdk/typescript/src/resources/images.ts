@@ -1,0 +1,40 @@
+import type { HttpClient, RequestOptions } from '../http.js';
+import type { CreateImageRequest, Image, UploadImageRequest } from '../types.js';
+
+const enc = encodeURIComponent;
+
+/** `/images`: disk images, ISOs and kernels VMs boot from. */
+export class ImagesAPI {
+  constructor(private readonly http: HttpClient) {}
+
+  async list(opts?: RequestOptions): Promise<Image[]> {
+    const data = await this.http.request<{ images: Image[] }>({ method: 'GET', path: '/images', ...opts });
+    return data.images;
+  }
+
+  /** By id or by name. */
+  get(idOrName: string, opts?: RequestOptions): Promise<Image> {
+    return this.http.request<Image>({ method: 'GET', path: `/images/${enc(idOrName)}`, ...opts });
+  }
+
+  /** Admin: import from a URL (or a server-side path). */
+  create(body: CreateImageRequest, opts?: RequestOptions): Promise<Image> {
+    return this.http.request<Image>({ method: 'POST', path: '/images', body, ...opts });
+  }
+
+  /** Admin: multipart upload (`file`, `name`, `format`) to `POST /images`. */
+  upload(body: UploadImageRequest, opts?: RequestOptions): Promise<Image> {
+    const form = new FormData();
+    const file =
+      body.file instanceof Blob ? body.file : new Blob([body.file]);
+    form.set('name', body.name);
+    form.set('format', body.format);
+    form.set('file', file, body.filename ?? body.name);
+    return this.http.request<Image>({ method: 'POST', path: '/images', body: form, timeoutMs: 0, ...opts });
+  }
+
+  /** Admin. 409 `IMAGE_IN_USE` while a VM uses it. */
+  async delete(id: string, opts?: RequestOptions): Promise<void> {
+    await this.http.request<unknown>({ method: 'DELETE', path: `/images/${enc(id)}`, ...opts });
+  }
+}

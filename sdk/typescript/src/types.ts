@@ -1,0 +1,366 @@
+/**
+ * Shapes of the VoidVM API v1 (see docs/api.md). Fields the server may add later are allowed
+ * through the index signatures only where the document leaves the object open (config, info, stats).
+ */
+
+/** Success envelope: `{success: true, data, message, timestamp}`. */
+export interface Envelope<T> {
+  success: true;
+  data: T;
+  message?: string;
+  timestamp?: string;
+}
+
+/** Error envelope: `{success: false, error: {code, message, details}, timestamp}`. */
+export interface ErrorEnvelope {
+  success: false;
+  error: ErrorBody;
+  timestamp?: string;
+}
+
+export interface ErrorBody {
+  code: string;
+  message: string;
+  details?: string | FieldError[] | null | unknown;
+}
+
+/** One item of `details` for `VALIDATION_ERROR`. */
+export interface FieldError {
+  field: string;
+  reason: string;
+}
+
+export interface Pagination {
+  page: number;
+  limit: number;
+  total: number;
+  pages: number;
+}
+
+export interface PageParams {
+  /** 1-based page number. */
+  page?: number;
+  /** Page size (server default 20, max 100). */
+  limit?: number;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Users and auth
+
+export type Role = 'admin' | 'user';
+export type UserStatus = 'active' | 'disabled';
+
+export interface Quota {
+  max_vms: number;
+  max_cpus: number;
+  max_memory_mb: number;
+  max_disk_gb: number;
+}
+
+export interface User {
+  id: string;
+  username: string;
+  email: string | null;
+  role: Role;
+  status: UserStatus;
+  quota: Quota;
+  created_at: string;
+  updated_at: string;
+  last_login_at: string | null;
+}
+
+export interface LoginResponse {
+  token: string;
+  token_type: 'Bearer' | string;
+  expires_in: number;
+  refresh_token: string;
+  user: User;
+}
+
+export interface ApiToken {
+  id: string;
+  name: string;
+  prefix: string;
+  created_at: string;
+  expires_at: string | null;
+  last_used_at: string | null;
+}
+
+/** Answer of `POST /auth/tokens`: the token's secret is shown only once. */
+export interface CreatedApiToken extends ApiToken {
+  token: string;
+}
+
+export interface CreateApiTokenRequest {
+  name: string;
+  expires_in_days?: number;
+}
+
+export interface CreateUserRequest {
+  username: string;
+  password: string;
+  email?: string;
+  role?: Role;
+  quota?: Partial<Quota>;
+}
+
+export interface UpdateUserRequest {
+  username?: string;
+  email?: string | null;
+  password?: string;
+  role?: Role;
+  status?: UserStatus;
+  quota?: Partial<Quota>;
+}
+
+export interface UserListParams extends PageParams {
+  search?: string;
+  role?: Role;
+  status?: UserStatus;
+}
+
+export interface UserPage {
+  users: User[];
+  pagination: Pagination;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Virtual machines
+
+export type VMStatus =
+  | 'creating'
+  | 'stopped'
+  | 'starting'
+  | 'running'
+  | 'stopping'
+  | 'paused'
+  | 'rebooting'
+  | 'deleting'
+  | 'error';
+
+export interface VMPorts {
+  ssh?: number;
+  [name: string]: number | undefined;
+}
+
+export interface VM {
+  id: string;
+  name: string;
+  description: string | null;
+  status: VMStatus;
+  cpu: number;
+  /** Memory in MB. */
+  memory: number;
+  /** Disk size in GB. */
+  disk: number;
+  os: string | null;
+  image: string | null;
+  owner: string;
+  ip: string | null;
+  ports: VMPorts | null;
+  status_reason: string | null;
+  created_at: string;
+  updated_at: string;
+  started_at: string | null;
+}
+
+export interface CreateVMRequest {
+  name: string;
+  cpu: number;
+  /** MB */
+  memory: number;
+  /** GB */
+  disk: number;
+  /** Image name or alias; the server's default image when omitted. */
+  os?: string;
+  description?: string;
+  auto_start?: boolean;
+}
+
+export interface UpdateVMRequest {
+  name?: string;
+  description?: string | null;
+  cpu?: number;
+  memory?: number;
+  /** Grow only. */
+  disk?: number;
+}
+
+export interface VMListParams extends PageParams {
+  status?: VMStatus;
+  /** Matches name and description. */
+  search?: string;
+  /** `name`, `-created_at`, ... */
+  sort?: string;
+  /** Admins only: filter by owner. */
+  owner?: string;
+}
+
+export interface VMPage {
+  vms: VM[];
+  pagination: Pagination;
+}
+
+/** Optional body of the lifecycle actions. */
+export interface VMActionOptions {
+  /** Wait for the target state (server default true). `false` answers 202 at once. */
+  wait?: boolean;
+  /** Stop/restart: kill instead of ACPI power-off. */
+  force?: boolean;
+  /** Seconds to wait for a graceful transition (server default 30). */
+  timeout?: number;
+}
+
+export type VMAction = 'start' | 'stop' | 'restart' | 'pause' | 'resume' | 'reset';
+
+export interface DeleteVMOptions {
+  /** Stop a running VM first. */
+  force?: boolean;
+}
+
+export interface VMLiveStatus {
+  id: string;
+  status: VMStatus;
+  status_reason: string | null;
+  pid: number | null;
+  qemu_status: string | null;
+  uptime: number | null;
+}
+
+export interface VMMetrics {
+  vm_id: string;
+  cpu_percent: number;
+  memory: { used_mb: number; total_mb: number };
+  disk: { read_bytes: number; write_bytes: number };
+  network: { rx_bytes: number; tx_bytes: number };
+  uptime: number | null;
+  timestamp: string;
+}
+
+export interface VMMetricsParams {
+  from?: string;
+  to?: string;
+  interval?: string | number;
+}
+
+export interface ConsoleLog {
+  log: string;
+  size: number;
+  truncated: boolean;
+}
+
+export type ConsoleType = 'serial' | 'vnc';
+
+export interface ConsoleTicket {
+  ticket: string;
+  url: string;
+  expires_in: number;
+}
+
+export interface WaitForOptions {
+  /** Give up after this many ms (default 120000). */
+  timeoutMs?: number;
+  /** Poll interval in ms (default 1000). */
+  intervalMs?: number;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Images
+
+export type ImageFormat = 'qcow2' | 'raw' | 'iso' | 'kernel';
+export type ImageStatus = 'available' | 'downloading' | 'error';
+
+export interface Image {
+  id: string;
+  name: string;
+  aliases: string[];
+  format: ImageFormat;
+  status: ImageStatus;
+  size_bytes: number | null;
+  virtual_size_bytes: number | null;
+  is_default: boolean;
+  source: string | null;
+  status_reason: string | null;
+  created_at: string;
+}
+
+/** JSON import: from a URL, or from a server-side path (admins). */
+export interface CreateImageRequest {
+  name: string;
+  format: ImageFormat;
+  url?: string;
+  path?: string;
+  aliases?: string[];
+}
+
+/** Multipart upload. */
+export interface UploadImageRequest {
+  name: string;
+  format: ImageFormat;
+  file: Blob | Uint8Array | ArrayBuffer;
+  filename?: string;
+}
+
+// ---------------------------------------------------------------------------------------------
+// System
+
+export interface VersionInfo {
+  version: string;
+  api_version: string;
+  [key: string]: unknown;
+}
+
+export interface SystemInfo {
+  version?: string;
+  uptime?: number;
+  [key: string]: unknown;
+}
+
+export type StatsPeriod = '1h' | '24h' | '7d' | '30d';
+
+export interface SystemStats {
+  [key: string]: unknown;
+}
+
+export type SystemConfig = Record<string, unknown>;
+
+export interface RoleInfo {
+  name: string;
+  permissions: string[];
+}
+
+export interface PermissionInfo {
+  id: string;
+  description: string;
+}
+
+export interface AuditLogEntry {
+  id?: string | number;
+  timestamp?: string;
+  level?: string;
+  user_id?: string | null;
+  vm_id?: string | null;
+  action?: string;
+  message?: string;
+  [key: string]: unknown;
+}
+
+export interface AuditLogParams extends PageParams {
+  level?: string;
+  from?: string;
+  to?: string;
+  user?: string;
+  user_id?: string;
+  vm_id?: string;
+  [key: string]: string | number | boolean | undefined;
+}
+
+export interface AuditLogPage {
+  logs: AuditLogEntry[];
+  pagination: Pagination;
+}
+
+export interface HealthStatus {
+  status?: string;
+  [key: string]: unknown;
+}

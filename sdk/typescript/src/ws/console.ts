@@ -1,0 +1,162 @@
+import { TransportError, VoidVMError } from '../errors.js';
+import { ManagedSocket, type ServerMessage, type SocketOptions } from './socket.js';
+
+type SocketFactory = (hooks: Pick<SocketOptions, 'onOpen' | 'onMessage' | 'onFatal'>) => ManagedSocket;
+
+type Waiter = {
+  pattern: string | RegExp;
+  resolve: (text: string) => void;
+  reject: (err: unknown) => void;
+  timer: ReturnType<typeof setTimeout>;
+};
+
+/** Unconsumed output kept for `waitForOutput` (older output is dropped). */
+const MAX_PENDING = 1 << 20;
+
+const anchorless = (re: RegExp): RegExp => new RegExp(re.source, re.flags.replace(/[gy]/g, ''));
+
+/**
+ * An interactive serial console over `/ws` (`terminal-connect` / `terminal-input` /
+ * `terminal-output` / `terminal-disconnect`). Reconnects and re-attaches automatically.
+ */
+export class ConsoleSession {
+  private readonly socket: ManagedSocket;
+  private readonly outputListeners = new Set<(output: string) => void>();
+  private readonly errorListeners = new Set<(err: VoidVMError) => void>();
+  private readonly waiters = new Set<Waiter>();
+  /** Output not yet consumed by `waitForOutput`. */
+  private pending = '';
+  private closed = false;
+
+  constructor(
+    readonly vmId: string,
+    makeSocket: SocketFactory,
+  ) {
+    this.socket = makeSocket({
+      onOpen: () => this.socket.send({ type: 'terminal-connect', data: { vmId, type: 'serial' } }),
+      onMessage: (msg) => this.onMessage(msg),
+      onFatal: (err) => this.fail(err),
+    });
+  }
+
+  /** Opens the socket and attaches to the VM's serial console. */
+  async connect(): Promise<this> {
+    await this.socket.connect();
+    return this;
+  }
+
+  /** Sends keystrokes/text to the VM (include `\n` or `\r` to submit a line). */
+  write(input: string): void {
+    if (this.closed) throw new TransportError({ code: 'SOCKET_CLOSED', message: 'Console is closed' });
+    this.socket.send({ type: 'terminal-input', data: { vmId: this.vmId, input } });
+  }
+
+  /** Resizes the remote terminal. */
+  resize(cols: number, rows: number): void {
+    this.socket.send({ type: 'terminal-resize', data: { vmId: this.vmId, cols, rows } });
+  }
+
+  /** Calls `cb` with every chunk of output; returns a function that removes it. */
+  onOutput(cb: (output: string) => void): () => void {
+    this.outputListeners.add(cb);
+    return () => this.outputListeners.delete(cb);
+  }
+
+  /** Server `error` messages for this console and fatal socket errors. */
+  onError(cb: (err: VoidVMError) => void): () => void {
+    this.errorListeners.add(cb);
+    return () => this.errorListeners.delete(cb);
+  }
+
+  /**
+   * Resolves with the output received up to and including the first match of `pattern`
+   * (searching output not consumed by an earlier call), which is then consumed.
+   * Rejects with `VoidVMError` code `WAIT_TIMEOUT` after `timeoutMs` (default 30000).
+   */
+  waitForOutput(pattern: string | RegExp, timeoutMs = 30_000): Promise<string> {
+    const hit = this.consume(pattern);
+    if (hit !== undefined) return Promise.resolve(hit);
+    if (this.closed) return Promise.reject(new TransportError({ code: 'SOCKET_CLOSED', message: 'Console is closed' }));
+    return new Promise<string>((resolve, reject) => {
+      const waiter: Waiter = {
+        pattern,
+        resolve,
+        reject,
+        timer: setTimeout(() => {
+          this.waiters.delete(waiter);
+          reject(
+            new VoidVMError({
+              code: 'WAIT_TIMEOUT',
+              message: `No console output matching ${String(pattern)} within ${timeoutMs} ms`,
+              details: { tail: this.pending.slice(-500) },
+            }),
+          );
+        }, timeoutMs),
+      };
+      this.waiters.add(waiter);
+    });
+  }
+
+  /** Detaches (`terminal-disconnect`) and closes the socket. */
+  close(): void {
+    if (this.closed) return;
+    if (this.socket.isOpen) this.socket.send({ type: 'terminal-disconnect', data: { vmId: this.vmId } });
+    this.closed = true;
+    this.socket.close();
+    this.rejectAll(new TransportError({ code: 'SOCKET_CLOSED', message: 'Console is closed' }));
+  }
+
+  private consume(pattern: string | RegExp): string | undefined {
+    let end: number;
+    if (typeof pattern === 'string') {
+      const at = this.pending.indexOf(pattern);
+      if (at < 0) return undefined;
+      end = at + pattern.length;
+    } else {
+      const m = anchorless(pattern).exec(this.pending);
+      if (!m) return undefined;
+      end = m.index + m[0].length;
+    }
+    const text = this.pending.slice(0, end);
+    this.pending = this.pending.slice(end);
+    return text;
+  }
+
+  private onMessage(msg: ServerMessage): void {
+    const data = (msg.data ?? {}) as { vmId?: string; output?: unknown; code?: string; message?: string };
+    if (data.vmId !== undefined && data.vmId !== this.vmId) return;
+    if (msg.type === 'terminal-output' && typeof data.output === 'string') {
+      this.pending = (this.pending + data.output).slice(-MAX_PENDING);
+      for (const cb of this.outputListeners) cb(data.output);
+      for (const w of [...this.waiters]) {
+        const hit = this.consume(w.pattern);
+        if (hit === undefined) continue;
+        clearTimeout(w.timer);
+        this.waiters.delete(w);
+        w.resolve(hit);
+      }
+    } else if (msg.type === 'error') {
+      const err = new VoidVMError({
+        code: data.code ?? 'WS_ERROR',
+        message: data.message ?? 'Console error',
+        details: msg.data,
+      });
+      for (const cb of this.errorListeners) cb(err);
+      this.rejectAll(err);
+    }
+  }
+
+  private fail(err: VoidVMError): void {
+    this.closed = true;
+    for (const cb of this.errorListeners) cb(err);
+    this.rejectAll(err);
+  }
+
+  private rejectAll(err: unknown): void {
+    for (const w of this.waiters) {
+      clearTimeout(w.timer);
+      w.reject(err);
+    }
+    this.waiters.clear();
+  }
+}

@@ -1,0 +1,76 @@
+// End-to-end: the seed's snippet (examples/seed.ts) against a real VoidVM server.
+//
+//   VOIDVM_E2E_URL=http://localhost:3000/api/v1 VOIDVM_E2E_TOKEN=<jwt or vvm_ token> npm test
+//
+// (VOIDVM_E2E_USERNAME / VOIDVM_E2E_PASSWORD may replace the token.) Creates one VM with the
+// seed's body (named 'my-vm' unless that name is taken), starts it, and deletes it again.
+import assert from 'node:assert/strict';
+import { after, test } from 'node:test';
+import { NotFoundError, VoidVMClient } from '@void-vm/sdk';
+
+const baseURL = process.env.VOIDVM_E2E_URL;
+const token = process.env.VOIDVM_E2E_TOKEN;
+const username = process.env.VOIDVM_E2E_USERNAME;
+const password = process.env.VOIDVM_E2E_PASSWORD;
+const skip = !baseURL
+  ? 'set VOIDVM_E2E_URL (e.g. http://localhost:3000/api/v1) and VOIDVM_E2E_TOKEN to run against a real server'
+  : !token && !(username && password)
+    ? 'set VOIDVM_E2E_TOKEN (or VOIDVM_E2E_USERNAME and VOIDVM_E2E_PASSWORD)'
+    : false;
+
+const created = [];
+let client;
+
+async function getClient() {
+  client ??= token
+    ? new VoidVMClient({ baseURL, token })
+    : await VoidVMClient.login(baseURL, username, password);
+  return client;
+}
+
+after(async () => {
+  for (const id of created) await client?.vms.delete(id, { force: true }).catch(() => {});
+  client?.events.close();
+});
+
+test('e2e: the seed snippet (list, create, start)', { skip, timeout: 300_000 }, async () => {
+  const client = await getClient();
+  // 获取虚拟机列表
+  const vms = await client.vms.list();
+  assert.ok(Array.isArray(vms));
+  // 创建虚拟机
+  const newVm = await client.vms.create({
+    // the seed's name, unless a VM called my-vm already exists
+    name: vms.some((v) => v.name === 'my-vm') ? `sdk-e2e-${Date.now().toString(36)}` : 'my-vm',
+    cpu: 2,
+    memory: 2048,
+    disk: 20,
+  });
+  created.push(newVm.id);
+  assert.match(newVm.id, /^vm-/);
+  // 启动虚拟机
+  const started = await client.vms.start(newVm.id);
+  assert.equal(started.status, 'running');
+  assert.equal((await client.vms.get(newVm.id)).status, 'running');
+  assert.ok((await client.vms.list()).some((v) => v.id === newVm.id));
+
+  await client.vms.stop(newVm.id, { force: true });
+  await client.vms.delete(newVm.id);
+  created.pop();
+  await assert.rejects(client.vms.get(newVm.id), NotFoundError);
+});
+
+test('e2e: typed errors carry the request id; system version', { skip }, async () => {
+  const client = await getClient();
+  const err = await client.vms.get('vm-001').catch((e) => e);
+  assert.ok(err instanceof NotFoundError, String(err));
+  assert.equal(err.code, 'VM_NOT_FOUND');
+  assert.ok(err.requestId, 'X-Request-ID is exposed');
+  assert.equal((await client.system.version()).api_version, 'v1');
+});
+
+test('e2e: events socket accepts a subscription', { skip, timeout: 30_000 }, async () => {
+  const client = await getClient();
+  const sub = await client.events.subscribe('vm-status-all', () => {});
+  sub.unsubscribe();
+});

@@ -1,0 +1,34 @@
+"""GET /metrics: Prometheus text format. Admin-only unless VOIDVM_METRICS_PUBLIC=true."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+from voidvm_server.api.deps import ContainerDep, admin_principal, current_principal
+from voidvm_server.api.metrics import LiveCollector
+from voidvm_server.persistence.repositories import VMRepository
+
+router = APIRouter(tags=["system"])
+
+
+@router.get("/metrics", response_class=Response)
+async def metrics(request: Request, container: ContainerDep) -> Response:
+    if not container.settings.metrics_public:
+        await admin_principal(await current_principal(request, container))
+    async with container.db.session() as s:
+        by_state = await VMRepository(s).count_by_status()
+    latest = container.monitor.latest()
+    running = [v for v in container.driver.known_run_dirs() if container.driver.is_running(v)]
+    snapshot: dict[str, object] = {
+        "vms_by_state": by_state,
+        "qemu_processes": len(running),
+        "websockets": getattr(request.app.state, "websocket_count", 0),
+        "vm_cpu": latest.vm_cpu_percent if latest else {},
+        "vm_memory": latest.vm_memory_mb if latest else {},
+    }
+    registry = CollectorRegistry()
+    registry.register(LiveCollector(lambda: snapshot))
+    body = generate_latest(request.app.state.registry) + generate_latest(registry)
+    return Response(body, media_type=CONTENT_TYPE_LATEST)
