@@ -229,3 +229,7 @@ def doctor(config: ConfigOption = None) -> None:
 
 def main() -> None:
     app()
+
+
+if __name__ == "__main__":
+    main()
