@@ -94,7 +94,8 @@ class Summary:
     n: int
 
     def __str__(self) -> str:
-        return f"{self.median * 1000:8.1f} ms  (p10 {self.p10 * 1000:.1f}, p90 {self.p90 * 1000:.1f}, n={self.n})"
+        spread = f"p10 {self.p10 * 1000:.1f}, p90 {self.p90 * 1000:.1f}, n={self.n}"
+        return f"{self.median * 1000:8.1f} ms  ({spread})"
 
 
 def summarize(values: list[float]) -> Summary:
