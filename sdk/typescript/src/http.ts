@@ -19,7 +19,7 @@ export interface HttpRequest extends RequestOptions {
   method: string;
   path: string;
   query?: Query;
-  /** JSON-serialisable body, or FormData for uploads. */
+  /** JSON-serialisable body, or FormData / Blob (sent as raw bytes) for uploads. */
   body?: unknown;
   /** Send the bearer token (default true). */
   auth?: boolean;
@@ -105,9 +105,12 @@ export class HttpClient {
     const headers: Record<string, string> = { Accept: 'application/json', ...this.config.headers, ...req.headers };
     const token = this.config.token();
     if (req.auth !== false && token) headers.Authorization = `Bearer ${token}`;
-    let payload: string | FormData | undefined;
+    let payload: string | FormData | Blob | undefined;
     if (req.body instanceof FormData) {
       payload = req.body;
+    } else if (req.body instanceof Blob) {
+      payload = req.body;
+      headers['Content-Type'] = 'application/octet-stream';
     } else if (req.body !== undefined) {
       payload = JSON.stringify(req.body);
       headers['Content-Type'] = 'application/json';

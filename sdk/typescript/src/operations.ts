@@ -32,6 +32,7 @@ export const OPERATIONS = {
 
   'GET /images': 'images.list',
   'POST /images': 'images.create',
+  'POST /images/upload': 'images.upload',
   'GET /images/{id}': 'images.get',
   'DELETE /images/{id}': 'images.delete',
 

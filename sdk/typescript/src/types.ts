@@ -293,12 +293,11 @@ export interface CreateImageRequest {
   aliases?: string[];
 }
 
-/** Multipart upload. */
+/** Raw-bytes upload to POST /images/upload. */
 export interface UploadImageRequest {
   name: string;
   format: ImageFormat;
   file: Blob | Uint8Array | ArrayBuffer;
-  filename?: string;
 }
 
 // ---------------------------------------------------------------------------------------------

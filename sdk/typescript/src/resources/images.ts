@@ -22,15 +22,17 @@ export class ImagesAPI {
     return this.http.request<Image>({ method: 'POST', path: '/images', body, ...opts });
   }
 
-  /** Admin: multipart upload (`file`, `name`, `format`) to `POST /images`. */
+  /** Admin: stream the image's bytes to `POST /images/upload?name=…&format=…`. */
   upload(body: UploadImageRequest, opts?: RequestOptions): Promise<Image> {
-    const form = new FormData();
-    const file =
-      body.file instanceof Blob ? body.file : new Blob([body.file]);
-    form.set('name', body.name);
-    form.set('format', body.format);
-    form.set('file', file, body.filename ?? body.name);
-    return this.http.request<Image>({ method: 'POST', path: '/images', body: form, timeoutMs: 0, ...opts });
+    const file = body.file instanceof Blob ? body.file : new Blob([body.file]);
+    return this.http.request<Image>({
+      method: 'POST',
+      path: '/images/upload',
+      query: { name: body.name, format: body.format },
+      body: file,
+      timeoutMs: 0,
+      ...opts,
+    });
   }
 
   /** Admin. 409 `IMAGE_IN_USE` while a VM uses it. */
