@@ -26,7 +26,7 @@ sdk-ts:
 test:
 	@scripts/setup.sh --test
 	@scripts/services.sh
-	$(MAKE) --no-print-directory lint typecheck pytest sdk-ts
+	$(MAKE) --no-print-directory lint typecheck sdk-ts pytest
 
 bench: setup
 	$(PY) -m bench.run_all
