@@ -92,6 +92,7 @@ def make_settings(data_dir: Path, **overrides: Any) -> Settings:
     values: dict[str, Any] = {
         "data_dir": data_dir,
         "image_downloads": False,
+        "image_url_imports": False,  # tests never reach beyond this machine
         "accel": "tcg",
         "rate_limit": "100000/minute",
         "login_attempts_per_minute": 1000,

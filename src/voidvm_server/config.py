@@ -61,6 +61,7 @@ class Settings(BaseSettings):
     default_image: str = "tiny"
     image_downloads: bool = True
     image_allow_private_urls: bool = False
+    image_url_imports: bool = True
     console_log_max_bytes: int = 1024 * 1024
 
     ws_max_per_user: int = 10

@@ -29,16 +29,19 @@ async def check_target(url: str, *, allow_private: bool) -> None:
     if allow_private:
         return
     try:
-        infos = await asyncio.get_running_loop().getaddrinfo(
-            parts.hostname, parts.port or (443 if parts.scheme == "https" else 80),
-            type=socket.SOCK_STREAM,
-        )  # fmt: skip
+        addresses = await resolve(parts.hostname, parts.port or (443 if parts.scheme == "https" else 80))
     except OSError as exc:
         raise ValidationError("url", f"the host '{parts.hostname}' could not be resolved") from exc
-    for info in infos:
-        address = ipaddress.ip_address(info[4][0])
+    for text in addresses:
+        address = ipaddress.ip_address(text)
         if not address.is_global or address.is_multicast:
             raise ValidationError("url", "points at a loopback, link-local or private address")
+
+
+async def resolve(host: str, port: int) -> list[str]:
+    """Every address `host` resolves to (a seam: tests replace it to simulate DNS)."""
+    infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    return [str(info[4][0]) for info in infos]
 
 
 async def download(

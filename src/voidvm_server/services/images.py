@@ -212,6 +212,8 @@ class ImageService:
         target = directory / DISK_FILE[fmt]
         try:
             if source.url is not None:
+                if not self.settings.image_url_imports:
+                    raise ValidationError("url", "URL imports are disabled on this server")
                 await download(
                     source.url,
                     target,

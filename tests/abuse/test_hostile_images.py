@@ -1,0 +1,148 @@
+"""Hostile images and URLs are refused before any QEMU starts, and leave nothing on disk."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import Api, auth, fake_driver_factory, make_settings, running_api
+from voidvm_server.errors import ValidationError
+from voidvm_server.services import fetch
+
+pytestmark = pytest.mark.skipif(
+    subprocess.run(["which", "qemu-img"], capture_output=True).returncode != 0,
+    reason="qemu-img is not installed",
+)
+
+
+def qemu_img(*args: str) -> None:
+    subprocess.run(["qemu-img", *args], check=True, capture_output=True)
+
+
+def image_dirs(api: Api) -> set[str]:
+    return {p.name for p in (api.container.settings.data_dir / "images").iterdir()}
+
+
+async def import_file(api: Api, token: str, name: str, path: Path, fmt: str) -> httpx.Response:
+    import_dir = api.container.settings.data_dir / "import"
+    import_dir.mkdir(exist_ok=True)
+    (import_dir / path.name).write_bytes(path.read_bytes())
+    return await api.client.post(
+        "/api/v1/images", json={"name": name, "format": fmt, "path": path.name}, headers=auth(token)
+    )
+
+
+async def test_qcow2_with_a_backing_file_is_refused(api: Api, admin_token: str, tmp_path: Path) -> None:
+    evil = tmp_path / "evil.qcow2"
+    qemu_img("create", "-f", "qcow2", "-F", "raw", "-b", "/etc/passwd", str(evil), "1M")
+    before = image_dirs(api)
+    response = await import_file(api, admin_token, "evil", evil, "qcow2")
+    assert response.status_code == 400
+    assert "backing file" in response.json()["error"]["details"][0]["reason"]
+    assert image_dirs(api) == before
+
+
+async def test_qcow2_with_an_external_data_file_is_refused(
+    api: Api, admin_token: str, tmp_path: Path
+) -> None:
+    evil = tmp_path / "datafile.qcow2"
+    qemu_img("create", "-f", "qcow2", "-o", f"data_file={tmp_path / 'data.raw'}", str(evil), "1M")
+    response = await import_file(api, admin_token, "datafile", evil, "qcow2")
+    assert response.status_code == 400
+    assert "data file" in response.json()["error"]["details"][0]["reason"]
+
+
+async def test_raw_file_with_a_qcow2_header_is_refused(api: Api, admin_token: str, tmp_path: Path) -> None:
+    disguised = tmp_path / "disguised.img"
+    qemu_img("create", "-f", "qcow2", str(disguised), "1M")
+    response = await import_file(api, admin_token, "disguised", disguised, "raw")
+    assert response.status_code == 400
+    assert "qcow2 header" in response.json()["error"]["details"][0]["reason"]
+
+
+async def test_paths_outside_the_import_directory_are_refused(api: Api, admin_token: str) -> None:
+    for path in ["/etc/passwd", "../../etc/passwd", "../voidvm.db", "../jwt-secret"]:
+        response = await api.client.post(
+            "/api/v1/images",
+            json={"name": "sneaky", "format": "raw", "path": path},
+            headers=auth(admin_token),
+        )
+        assert response.status_code == 400, path
+        assert response.json()["error"]["details"][0]["field"] == "path"
+
+
+async def test_valid_upload_works_and_oversized_upload_leaves_nothing(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path / "data", max_upload_bytes=2 * 1024 * 1024)
+    async with running_api(settings, fake_driver_factory, None) as api:
+        token = await api.login()
+        good = tmp_path / "good.qcow2"
+        qemu_img("create", "-f", "qcow2", str(good), "64M")
+        ok = await api.client.post(
+            "/api/v1/images/upload?name=good&format=qcow2", content=good.read_bytes(), headers=auth(token)
+        )
+        assert ok.status_code == 201, ok.text
+        assert ok.json()["data"]["virtual_size_bytes"] == 64 * 1024 * 1024
+        before = image_dirs(api)
+        big = await api.client.post(
+            "/api/v1/images/upload?name=big&format=raw",
+            content=b"\0" * (3 * 1024 * 1024),
+            headers=auth(token),
+        )
+        assert big.status_code == 413
+        assert image_dirs(api) == before
+        names = [
+            i["name"]
+            for i in (await api.client.get("/api/v1/images", headers=auth(token))).json()["data"]["images"]
+        ]
+        assert "big" not in names
+
+
+@pytest.mark.parametrize(
+    ("url", "addresses"),
+    [
+        ("http://127.0.0.1/x.qcow2", ["127.0.0.1"]),
+        ("http://metadata.internal/latest", ["169.254.169.254"]),
+        ("http://intranet.example/x.qcow2", ["10.1.2.3"]),
+        ("http://[::1]/x.qcow2", ["::1"]),
+        ("file:///etc/passwd", []),
+    ],
+)
+async def test_urls_to_internal_addresses_are_refused(
+    url: str, addresses: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def fake_resolve(host: str, port: int) -> list[str]:
+        return addresses
+
+    monkeypatch.setattr(fetch, "resolve", fake_resolve)
+    with pytest.raises(ValidationError):
+        await fetch.check_target(url, allow_private=False)
+
+
+async def test_a_redirect_to_an_internal_address_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first hop looks public; its redirect points at the metadata service."""
+    resolved: list[str] = []
+
+    async def fake_resolve(host: str, port: int) -> list[str]:
+        resolved.append(host)
+        return {"images.example.org": ["93.184.216.34"], "169.254.169.254": ["169.254.169.254"]}[host]
+
+    requested: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        requested.append(str(request.url))
+        return httpx.Response(302, headers={"location": "http://169.254.169.254/latest/meta-data"})
+
+    real_client = httpx.AsyncClient
+    monkeypatch.setattr(fetch, "resolve", fake_resolve)
+    monkeypatch.setattr(
+        fetch.httpx, "AsyncClient", lambda **kw: real_client(transport=httpx.MockTransport(handler), **kw)
+    )
+    with pytest.raises(ValidationError, match="private"):
+        await fetch.download("http://images.example.org/x.qcow2", tmp_path / "out", max_bytes=1024)
+    assert requested == ["http://images.example.org/x.qcow2"]  # the internal hop was never requested
+    assert resolved == ["images.example.org", "169.254.169.254"]
