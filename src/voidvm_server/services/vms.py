@@ -381,6 +381,8 @@ class VMService:
         return await self._set_status(vm.id, S.RUNNING, pid=pid, ssh_port=ssh_port, started_at=now())
 
     async def _power_off(self, vm: VM, force: bool, timeout: float) -> None:
+        if not self.driver.is_running(vm.id):
+            return  # it has just ended on its own; its exit report will find the VM stopped
         self._expecting_exit.add(vm.id)
         try:
             if not force:
@@ -491,6 +493,8 @@ class VMService:
             vm = await self._load(vm_id)
             if vm is None or vm.status in {S.STOPPED, S.ERROR, S.DELETING}:
                 return
+            if self.driver.is_running(vm_id):
+                return  # a late report: the VM was started again since that process ended
             values = {"pid": None, "ssh_port": None, "started_at": None}
             if clean:
                 await self._set_status(vm_id, S.STOPPED, "the guest powered itself off", **values)

@@ -13,8 +13,10 @@ import logging
 import os
 import shutil
 import time
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import psutil
 
@@ -32,6 +34,7 @@ from voidvm_server.errors import DriverError, InvalidStateError
 
 log = logging.getLogger(__name__)
 GIB = 1024**3
+QMP_DRAIN_SECONDS = 2.0  # how long an exited QEMU's last QMP events may take to be read
 
 
 @dataclass
@@ -63,6 +66,7 @@ class QemuDriver:
         self.qmp_timeout = qmp_timeout
         self._instances: dict[str, _Instance] = {}
         self._on_exit: ExitHandler = lambda vm_id, clean, reason: None
+        self._tasks: set[asyncio.Task[None]] = set()
 
     # -- paths -------------------------------------------------------------------------------
     def _paths(self, vm_id: str) -> RunPaths:
@@ -160,27 +164,44 @@ class QemuDriver:
         self._instances[vm_id] = instance
         instance.process.cpu_percent(None)  # start the CPU accounting window
         try:
-            await qmp.connect(self._paths(vm_id).qmp, lambda name: self._qmp_event(vm_id, name))
+            await qmp.connect(self._paths(vm_id).qmp, lambda name: self._qmp_event(instance, name))
         except BaseException:
             instance.watcher.close()
             self._instances.pop(vm_id, None)
             raise
 
-    def _qmp_event(self, vm_id: str, name: str) -> None:
-        instance = self._instances.get(vm_id)
-        if instance is not None and name == "SHUTDOWN":
+    def _qmp_event(self, instance: _Instance, name: str) -> None:
+        # On the instance itself, not a lookup by id: the event may be read after the exit.
+        if name == "SHUTDOWN":
             instance.guest_shutdown = True
 
     def _exited(self, vm_id: str) -> None:
         instance = self._instances.pop(vm_id, None)
         if instance is None:
             return
-        task = asyncio.get_running_loop().create_task(instance.qmp.close())
-        task.add_done_callback(lambda _t: None)
+        if instance.expect_exit or instance.guest_shutdown:
+            self._report_exit(instance)  # at once: a stop/restart waiting on it relies on that
+            self._spawn(instance.qmp.close())
+            return
+        # Not asked for, as far as we know yet: the guest's SHUTDOWN event may still be on its way
+        # through the QMP socket (a busy loop sees the exit and the event at the same time).
+        self._spawn(self._report_after_events(instance))
+
+    async def _report_after_events(self, instance: _Instance) -> None:
+        await instance.qmp.drain_events(QMP_DRAIN_SECONDS)
+        await instance.qmp.close()
+        self._report_exit(instance)
+
+    def _report_exit(self, instance: _Instance) -> None:
         clean = instance.expect_exit or instance.guest_shutdown
         reason = "powered off" if clean else "the QEMU process exited unexpectedly"
-        log.info("VM %s process %d ended (%s)", vm_id, instance.pid, reason)
-        self._on_exit(vm_id, clean, reason)
+        log.info("VM %s process %d ended (%s)", instance.vm_id, instance.pid, reason)
+        self._on_exit(instance.vm_id, clean, reason)
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def is_running(self, vm_id: str) -> bool:
         return vm_id in self._instances
@@ -194,6 +215,10 @@ class QemuDriver:
     async def powerdown(self, vm_id: str) -> None:
         instance = self._instance(vm_id)
         instance.expect_exit = True
+        # A paused guest cannot see the power button: it would sit out the whole stop timeout
+        # and then be killed. Let it run so that it can shut down cleanly.
+        if (await instance.qmp.execute("query-status"))["status"] == "paused":
+            await instance.qmp.execute("cont")
         await instance.qmp.execute("system_powerdown")
 
     async def kill(self, vm_id: str) -> None:
@@ -249,6 +274,9 @@ class QemuDriver:
 
     async def close(self) -> None:
         """Detach from every VM without stopping it: QEMU outlives the server."""
+        for task in list(self._tasks):  # an exit not yet reported is found again by reconcile()
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         for instance in list(self._instances.values()):
             instance.watcher.close()
             await instance.qmp.close()

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import re
 import signal
 from collections.abc import Callable
 from pathlib import Path
@@ -40,9 +41,19 @@ async def run_tool(argv: list[str], *, timeout: float, error: str) -> str:
     return out.decode(errors="replace")
 
 
+# The directories of an absolute path ("/var/lib/voidvm/vms/vm-1/"), to be cut down to the file name.
+_HOST_DIRS = re.compile(r"(?<![\w.~-])/(?:[^\s'\"/]+/)+")
+
+
 def _clean(stderr: str) -> str:
-    """Keep QEMU's message but not its binary path prefix."""
-    lines = [line.split(": ", 1)[-1] for line in stderr.strip().splitlines()]
+    """Keep QEMU's message for the VM's owner, but no host path: not the binary's path prefix,
+    not the echo of our own option (`-drive file=/...: `), not the directories of a file name."""
+    lines = []
+    for line in stderr.strip().splitlines():
+        line = line.split(": ", 1)[-1]
+        if line.startswith("-") and ": " in line:
+            line = line.split(": ", 1)[1]
+        lines.append(_HOST_DIRS.sub("", line))
     return "; ".join(lines)[-500:]
 
 

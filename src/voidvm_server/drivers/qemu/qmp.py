@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from qemu.qmp import ExecuteError, QMPClient, QMPError
+from qemu.qmp import ExecuteError, QMPClient, QMPError, Runstate
 
 from voidvm_server.errors import DriverError, HypervisorTimeoutError
 
@@ -21,6 +21,7 @@ class QMPConnection:
         self._client = QMPClient(name)
         self._timeout = timeout
         self._events_task: asyncio.Task[None] | None = None
+        self._on_event: Callable[[str], None] = lambda name: None
 
     async def connect(self, socket_path: Path, on_event: Callable[[str], None]) -> None:
         try:
@@ -30,6 +31,7 @@ class QMPConnection:
             raise HypervisorTimeoutError("QEMU did not answer on its control socket") from exc
         except (QMPError, OSError) as exc:
             raise DriverError("Could not connect to QEMU's control socket") from exc
+        self._on_event = on_event
         self._events_task = asyncio.create_task(self._pump(on_event), name=f"qmp-events-{self._client.name}")
 
     async def _pump(self, on_event: Callable[[str], None]) -> None:
@@ -50,11 +52,30 @@ class QMPConnection:
         except (QMPError, OSError) as exc:
             raise DriverError(f"Lost QEMU's control socket during '{command}'") from exc
 
-    async def close(self) -> None:
+    async def drain_events(self, timeout: float) -> None:
+        """Once QEMU has exited: hand every event it sent to `on_event` before returning.
+
+        The process exit (seen on a pidfd) and the last events (read from the socket) arrive
+        independently. The reader reaches EOF only after it has queued every event before it;
+        whatever the pump has not taken yet is then delivered here.
+        """
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                while self._client.runstate is Runstate.RUNNING:
+                    await self._client.runstate_changed()
+        await self._stop_pump()
+        for event in self._client.events.clear():
+            self._on_event(str(event["event"]))
+
+    async def _stop_pump(self) -> None:
         if self._events_task is not None:
             self._events_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._events_task
+            self._events_task = None
+
+    async def close(self) -> None:
+        await self._stop_pump()
         with contextlib.suppress(Exception):
             async with asyncio.timeout(2):
                 await self._client.disconnect()
