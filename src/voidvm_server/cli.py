@@ -70,7 +70,9 @@ def serve(
         host=settings.host,
         port=settings.port,
         log_config=None,
-        ws_max_size=64 * 1024,
+        ws_max_size=settings.ws_max_message_bytes,
+        ws_ping_interval=settings.ws_ping_interval_seconds,
+        ws_ping_timeout=settings.ws_ping_interval_seconds,
         timeout_graceful_shutdown=5,
     )
 

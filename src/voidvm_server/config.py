@@ -14,6 +14,16 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_ADMIN_PASSWORD = "admin123"  # the seed's quick start relies on it
 
+# Test-only: the points where VOIDVM_TEST_PAUSE_AT makes the VM service stop for good (so that a
+# fault test can kill -9 the server exactly there). See docs/reliability.md.
+PausePoint = Literal[
+    "after-create-insert",  # the VM row and its quota are committed; no disk yet
+    "after-create-disk",  # the disk exists; the row still says `creating`
+    "before-spawn",  # `starting` is recorded; no QEMU yet
+    "after-spawn",  # QEMU runs; the row still says `starting`
+    "after-delete-files",  # the run directory is gone; the row still says `deleting`
+]
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="VOIDVM_", extra="ignore")
@@ -49,6 +59,10 @@ class Settings(BaseSettings):
     qemu_img_binary: str = "qemu-img"
     qmp_timeout_seconds: float = 10.0
     stop_timeout_seconds: float = 30.0
+    restart_policy: Literal["off", "on-crash"] = "off"  # the live `restart_policy` section's defaults
+    restart_max_restarts: int = 3
+    restart_backoff_seconds: float = 1.0
+    restart_window_seconds: float = 600.0
 
     default_max_vms: int = 5
     default_max_cpus: int = 16
@@ -74,6 +88,9 @@ class Settings(BaseSettings):
     ws_messages_per_second: int = 50
     ws_ticket_ttl_seconds: float = 30.0
     console_replay_bytes: int = 4096
+
+    # Test-only fault injection; never set it in production (the server hangs at that point).
+    test_pause_at: PausePoint | None = None
 
     log_json: bool = False
     log_level: str = "INFO"

@@ -9,6 +9,8 @@ VoidVMError
  ├── ConflictError              NAME_CONFLICT, IMAGE_IN_USE, ...
  │    └── InvalidStateError     VM_ALREADY_RUNNING, VM_NOT_RUNNING, INVALID_STATE, ...
  ├── TooManyRequestsError       RATE_LIMIT_EXCEEDED, TOO_MANY_ATTEMPTS
+ ├── StorageError               STORAGE_FULL, STORAGE_READ_ONLY (the host's VM storage)
+ ├── ServiceUnavailableError    SERVICE_UNAVAILABLE (the database cannot be reached)
  └── DriverError                the hypervisor failed
       ├── HypervisorUnavailableError
       └── HypervisorTimeoutError
@@ -82,6 +84,16 @@ class TooManyRequestsError(VoidVMError):
     def __init__(self, message: str, *, retry_after: int, code: str | None = None) -> None:
         super().__init__(message, code=code, details={"retry_after": retry_after})
         self.retry_after = retry_after
+
+
+class StorageError(VoidVMError):
+    """The host cannot store a VM's files: its disk is full or not writable. Never names a path."""
+
+    code = "STORAGE_FULL"
+
+
+class ServiceUnavailableError(VoidVMError):
+    code = "SERVICE_UNAVAILABLE"
 
 
 class DriverError(VoidVMError):

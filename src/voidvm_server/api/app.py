@@ -17,6 +17,9 @@ from voidvm_server.api.metrics import RequestMetrics
 from voidvm_server.api.middleware import RequestContextMiddleware
 from voidvm_server.api.routes import auth, images, metrics, system, users, vms
 from voidvm_server.api.routes.images import UPLOAD_PATH
+from voidvm_server.api.ws import logfilter as ws_logfilter
+from voidvm_server.api.ws import routes as ws_routes
+from voidvm_server.api.ws.hub import ConnectionHub
 from voidvm_server.auth.tokens import TokenService, load_or_create_secret
 from voidvm_server.config import Settings
 from voidvm_server.drivers.base import Driver
@@ -27,10 +30,14 @@ from voidvm_server.events.bus import EventBus
 from voidvm_server.persistence.engine import Database
 from voidvm_server.services.audit import AuditLog
 from voidvm_server.services.auth import AuthService
+from voidvm_server.services.console import ConsoleHub
 from voidvm_server.services.images import ImageService
 from voidvm_server.services.live_config import LiveConfigStore
 from voidvm_server.services.monitor import ResourceMonitor
 from voidvm_server.services.ratelimit import RateLimiter
+from voidvm_server.services.system import SystemService
+from voidvm_server.services.system_events import LifecycleEvents
+from voidvm_server.services.tickets import TicketService
 from voidvm_server.services.users import UserService
 from voidvm_server.services.vms import VMService
 
@@ -83,6 +90,7 @@ async def build_container(settings: Settings, driver_factory: DriverFactory | No
     )
     images = ImageService(db, settings, qemu_img)
     users = UserService(db, settings, live)
+    auth_service = AuthService(db, tokens, limiter, settings)
     return Container(
         settings=settings,
         db=db,
@@ -92,12 +100,23 @@ async def build_container(settings: Settings, driver_factory: DriverFactory | No
         limiter=limiter,
         live=live,
         tokens=tokens,
-        auth=AuthService(db, tokens, limiter, settings),
+        auth=auth_service,
         users=users,
         images=images,
         vms=VMService(db, driver, images, bus, live, settings),
         audit=AuditLog(db),
         monitor=ResourceMonitor(driver, settings.stats_interval_seconds),
+        system=SystemService(db),
+        consoles=ConsoleHub(driver, bus, replay_bytes=settings.console_replay_bytes),
+        tickets=TicketService(settings.ws_ticket_ttl_seconds),
+        lifecycle=LifecycleEvents(bus),
+        ws_hub=ConnectionHub(
+            bus,
+            auth_service.authenticate,
+            max_per_user=settings.ws_max_per_user,
+            max_total=settings.ws_max_total,
+            revalidate_seconds=settings.ws_revalidate_seconds,
+        ),
         qemu_version=qemu_version.removeprefix("qemu-img version ").split(" ")[0],
     )
 
@@ -120,10 +139,16 @@ async def start_services(container: Container) -> None:
     await container.images.recover()
     await container.vms.reconcile()
     container.monitor.start()
+    container.lifecycle.start()
+    container.consoles.start()
+    container.ws_hub.start()
     log.info("VoidVM %s ready (accelerator: %s)", __version__, container.driver.accel)
 
 
 async def stop_services(container: Container) -> None:
+    await container.ws_hub.stop()
+    await container.consoles.close()
+    container.lifecycle.stop()
     await container.monitor.stop()
     await container.vms.close()
     await container.images.close()
@@ -157,6 +182,8 @@ def create_app(settings: Settings, *, driver_factory: DriverFactory | None = Non
     for module in (auth, users, vms, images, system):
         app.include_router(module.router, prefix=API_PREFIX)
     app.include_router(metrics.router)
+    app.include_router(ws_routes.router)
+    ws_logfilter.install()
     app.add_middleware(
         RequestContextMiddleware,
         max_body_bytes=settings.max_body_bytes,

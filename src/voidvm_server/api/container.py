@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
+from voidvm_server.api.ws.hub import ConnectionHub
 from voidvm_server.auth.tokens import TokenService
 from voidvm_server.config import Settings
 from voidvm_server.drivers.base import Driver
@@ -13,10 +14,14 @@ from voidvm_server.events.bus import EventBus
 from voidvm_server.persistence.engine import Database
 from voidvm_server.services.audit import AuditLog
 from voidvm_server.services.auth import AuthService
+from voidvm_server.services.console import ConsoleHub
 from voidvm_server.services.images import ImageService
 from voidvm_server.services.live_config import LiveConfigStore
 from voidvm_server.services.monitor import ResourceMonitor
 from voidvm_server.services.ratelimit import RateLimiter
+from voidvm_server.services.system import SystemService
+from voidvm_server.services.system_events import LifecycleEvents
+from voidvm_server.services.tickets import TicketService
 from voidvm_server.services.users import UserService
 from voidvm_server.services.vms import VMService
 
@@ -37,6 +42,11 @@ class Container:
     vms: VMService
     audit: AuditLog
     monitor: ResourceMonitor
+    system: SystemService
+    consoles: ConsoleHub
+    tickets: TicketService
+    lifecycle: LifecycleEvents
+    ws_hub: ConnectionHub
     qemu_version: str = "unknown"
     default_admin_password: bool = False
     started_at: float = field(default_factory=time.time)

@@ -8,10 +8,12 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy import exc as sa_exc
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from voidvm_server import errors as e
 from voidvm_server.api.envelope import fail
+from voidvm_server.persistence.engine import database_storage_problem, database_unavailable
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +26,8 @@ STATUS_TABLE: list[tuple[type[e.VoidVMError], int]] = [
     (e.NotFoundError, 404),
     (e.ConflictError, 409),
     (e.TooManyRequestsError, 429),
+    (e.StorageError, 507),
+    (e.ServiceUnavailableError, 503),
     (e.HypervisorUnavailableError, 503),
     (e.HypervisorTimeoutError, 504),
     (e.DriverError, 500),
@@ -40,6 +44,7 @@ HTTP_CODES = {
     415: ("UNSUPPORTED_MEDIA_TYPE", "Send JSON with Content-Type: application/json"),
     429: ("RATE_LIMIT_EXCEEDED", "Too many requests"),
 }
+DATABASE_RETRY_AFTER_SECONDS = 2
 
 
 def status_for(exc: e.VoidVMError) -> int:
@@ -55,6 +60,12 @@ async def _voidvm_error(_request: Request, exc: Exception) -> JSONResponse:
     headers = None
     if isinstance(exc, e.TooManyRequestsError):
         headers = {"Retry-After": str(exc.retry_after)}
+    if isinstance(exc, e.ServiceUnavailableError):  # expected while the database restarts
+        log.warning("%s: %s (caused by %s)", exc.code, exc.message, type(exc.__cause__).__name__)
+        return fail(status, exc.code, exc.message, None, {"Retry-After": str(DATABASE_RETRY_AFTER_SECONDS)})
+    if isinstance(exc, e.HypervisorTimeoutError | e.StorageError):  # conditions, not bugs
+        log.warning("%s: %s", exc.code, exc.message)
+        return fail(status, exc.code, exc.message, None, headers)
     if status >= 500:
         log.error("%s: %s (%s)", exc.code, exc.message, exc.details, exc_info=exc)
         return fail(status, exc.code, exc.message, None, headers)
@@ -87,13 +98,29 @@ async def _http_error(_request: Request, exc: Exception) -> JSONResponse:
     return fail(exc.status_code, code, message, headers=getattr(exc, "headers", None))
 
 
+async def _database_error(request: Request, exc: Exception) -> JSONResponse:
+    storage = database_storage_problem(exc)
+    if storage is not None:
+        return await _voidvm_error(request, storage)
+    if not database_unavailable(exc):
+        return await _unexpected(request, exc)
+    log.warning("Database unavailable on %s %s: %s", request.method, request.url.path,
+                type(exc).__name__)  # fmt: skip
+    return fail(503, "SERVICE_UNAVAILABLE", "The database is unavailable; try again shortly",
+                headers={"Retry-After": str(DATABASE_RETRY_AFTER_SECONDS)})  # fmt: skip
+
+
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    if database_unavailable(exc) or database_storage_problem(exc) is not None:
+        return await _database_error(request, exc)
     log.error("Unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
     return fail(500, "INTERNAL_SERVER_ERROR", "An internal error occurred")
 
 
 def install(app: FastAPI) -> None:
     app.add_exception_handler(e.VoidVMError, _voidvm_error)
+    for database_error in (sa_exc.DBAPIError, sa_exc.TimeoutError):
+        app.add_exception_handler(database_error, _database_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(Exception, _unexpected)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from voidvm_server.domain.models import VM, ApiToken, AuditEntry, Image, User
+from voidvm_server.domain.models import GUEST_IP, VM, ApiToken, AuditEntry, Image, User
 from voidvm_server.drivers.base import VMStats
 
 
@@ -52,7 +52,7 @@ def vm_json(vm: VM) -> dict[str, Any]:
         "image": vm.image_id,
         "owner": vm.owner_name,
         "owner_id": vm.owner_id,
-        "ip": "10.0.2.15" if vm.pid else None,  # QEMU user-mode NAT always leases this
+        "ip": GUEST_IP if vm.pid else None,
         "ports": {"ssh": vm.ssh_port} if vm.ssh_port else {},
         "created_at": iso(vm.created_at),
         "updated_at": iso(vm.updated_at),

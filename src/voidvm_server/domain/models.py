@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 
+GUEST_IP = "10.0.2.15"  # QEMU's user-mode NAT always leases this address to the guest
+
 
 class Role(StrEnum):
     ADMIN = "admin"

@@ -12,7 +12,7 @@ TRANSITIONS: dict[VMStatus, frozenset[VMStatus]] = {
     S.STOPPED: frozenset({S.STARTING, S.DELETING, S.ERROR}),
     S.STARTING: frozenset({S.RUNNING, S.ERROR, S.STOPPED}),
     S.RUNNING: frozenset({S.STOPPING, S.PAUSED, S.REBOOTING, S.ERROR, S.STOPPED}),
-    S.STOPPING: frozenset({S.STOPPED, S.ERROR}),
+    S.STOPPING: frozenset({S.STOPPED, S.ERROR, S.RUNNING, S.PAUSED}),  # back: QEMU did not answer
     S.PAUSED: frozenset({S.RUNNING, S.STOPPING, S.ERROR, S.STOPPED}),
     S.REBOOTING: frozenset({S.RUNNING, S.ERROR, S.STOPPED}),
     S.DELETING: frozenset({S.ERROR}),

@@ -26,6 +26,9 @@ class FakeDriver:
     async def prepare_disk(self, vm_id: str, media: BootMedia, size_gb: int) -> None:
         self.disks[vm_id] = size_gb
 
+    def has_disk(self, vm_id: str) -> bool:
+        return vm_id in self.disks
+
     async def grow_disk(self, vm_id: str, size_gb: int) -> None:
         self.disks[vm_id] = size_gb
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -29,8 +30,10 @@ Listener = Callable[[Event], None]
 
 
 class EventBus:
-    def __init__(self, replay_size: int = 2048) -> None:
-        self._ids = itertools.count(1)
+    def __init__(self, replay_size: int = 2048, first_id: int | None = None) -> None:
+        # By default ids start from the clock (microseconds), so they keep rising across server
+        # restarts and a client resuming with the last id it saw never takes new events for old.
+        self._ids = itertools.count(first_id if first_id is not None else time.time_ns() // 1000)
         self._replay: deque[Event] = deque(maxlen=replay_size)
         self._listeners: set[Listener] = set()
 

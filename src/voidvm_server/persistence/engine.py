@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -11,6 +12,7 @@ from typing import Any
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import event, text
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -18,7 +20,53 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 
+from voidvm_server.errors import ServiceUnavailableError, StorageError
+
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+
+
+def database_unavailable(exc: BaseException) -> bool:
+    """True when `exc` means the database cannot be reached right now (down, restarting, the
+    connection lost, the pool exhausted), as opposed to a mistake in a query."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, sa_exc.DBAPIError) and current.connection_invalidated:
+            return True
+        if isinstance(current, sa_exc.OperationalError | sa_exc.InterfaceError | sa_exc.TimeoutError):
+            return True
+        if isinstance(current, ConnectionError) and current is not exc:
+            return True  # a socket error beneath a database error
+        name = type(current).__name__
+        if type(current).__module__.startswith("asyncpg") and (
+            "Connection" in name or "CannotConnectNow" in name
+        ):
+            return True
+        current = current.__cause__ or current.__context__
+    return False
+
+
+def database_storage_problem(exc: BaseException) -> StorageError | None:
+    """A StorageError when the database refused a write because its disk is full (SQLite's
+    SQLITE_FULL, PostgreSQL's 53100) or read-only (SQLITE_READONLY); None otherwise."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        code = -1
+        if isinstance(current, sqlite3.Error):
+            code = getattr(current, "sqlite_errorcode", -1) & 0xFF
+        if code == sqlite3.SQLITE_FULL or getattr(current, "sqlstate", None) == "53100":
+            return StorageError("The server has no space left for its database", code="STORAGE_FULL")
+        if code == sqlite3.SQLITE_READONLY:
+            return StorageError("The server's database is not writable", code="STORAGE_READ_ONLY")
+        current = current.__cause__ or current.__context__
+    return None
+
+
+def unavailable() -> ServiceUnavailableError:
+    return ServiceUnavailableError("The database is unavailable; try again shortly")
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -46,8 +94,18 @@ class Database:
 
     @asynccontextmanager
     async def session(self) -> AsyncIterator[AsyncSession]:
-        """A unit of work: committed when the block ends, rolled back on any error."""
+        """A unit of work: committed when the block ends, rolled back on any error.
+
+        The connection is taken first: when the database cannot be reached, the caller gets a
+        ServiceUnavailableError (503) instead of whatever the driver raised (asyncpg lets a bare
+        ConnectionRefusedError through while PostgreSQL restarts)."""
         async with self._sessions() as session, session.begin():
+            try:
+                await session.connection()
+            except (OSError, sa_exc.SQLAlchemyError) as exc:
+                if isinstance(exc, OSError) or database_unavailable(exc):
+                    raise unavailable() from exc
+                raise
             yield session
 
     async def ping(self) -> None:

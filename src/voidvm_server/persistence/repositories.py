@@ -393,8 +393,10 @@ class VMRepository:
         except IntegrityError as exc:
             raise ConflictError("You already have a VM with that name", code="NAME_CONFLICT") from exc
 
-    async def delete(self, vm_id: str) -> None:
-        await self.session.execute(delete(VMRow).where(VMRow.id == vm_id))
+    async def delete(self, vm_id: str) -> bool:
+        """True when the row was there (and is now gone)."""
+        result = await self.session.execute(delete(VMRow).where(VMRow.id == vm_id))
+        return bool(result.rowcount)  # type: ignore[attr-defined]
 
     async def list(
         self,

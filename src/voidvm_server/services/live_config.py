@@ -5,7 +5,7 @@ Updates are partial and deep-merged, then validated as a whole before they take 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic import ValidationError as PydanticValidationError
@@ -53,11 +53,25 @@ class VMBounds(_Section):
         return self
 
 
+class RestartPolicy(_Section):
+    """What to do when a VM's QEMU dies without being asked to (kill -9, crash, OOM killer).
+
+    `on-crash` starts it again after `backoff_seconds`, doubling for each restart already made
+    within `window_seconds`; after `max_restarts` restarts in that window the VM stays `error`.
+    """
+
+    mode: Literal["off", "on-crash"] = "off"
+    max_restarts: int = Field(3, ge=0, le=100)
+    backoff_seconds: float = Field(1.0, ge=0, le=3600)
+    window_seconds: float = Field(600.0, gt=0, le=7 * 86400)
+
+
 class LiveConfig(_Section):
     rate_limits: RateLimits = Field(default_factory=RateLimits)
     default_quota: DefaultQuota = Field(default_factory=DefaultQuota)
     vm_bounds: VMBounds = Field(default_factory=VMBounds)
     default_image: str = "tiny"
+    restart_policy: RestartPolicy = Field(default_factory=RestartPolicy)
 
 
 def from_settings(settings: Settings) -> LiveConfig:
@@ -76,6 +90,12 @@ def from_settings(settings: Settings) -> LiveConfig:
             max_disk_gb=settings.vm_max_disk_gb,
         ),
         default_image=settings.default_image,
+        restart_policy=RestartPolicy(
+            mode=settings.restart_policy,
+            max_restarts=settings.restart_max_restarts,
+            backoff_seconds=settings.restart_backoff_seconds,
+            window_seconds=settings.restart_window_seconds,
+        ),
     )
 
 

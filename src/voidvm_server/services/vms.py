@@ -10,28 +10,34 @@ Rules kept here:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
+import os
 import re
 import socket
-from collections.abc import Awaitable, Callable
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from voidvm_server.auth.principal import Principal
 from voidvm_server.config import Settings
-from voidvm_server.domain.models import VM, Image, ImageStatus, VMStatus
+from voidvm_server.domain.models import GUEST_IP, VM, Image, ImageStatus, VMStatus
 from voidvm_server.domain.states import check_action
 from voidvm_server.drivers.base import Driver, VMSpec, VMStats
 from voidvm_server.errors import (
     DriverError,
+    HypervisorTimeoutError,
     QuotaExceededError,
+    ServiceUnavailableError,
     ValidationError,
     VoidVMError,
     vm_not_found,
 )
 from voidvm_server.events.bus import EventBus
-from voidvm_server.persistence.engine import Database
+from voidvm_server.persistence.engine import Database, database_unavailable
 from voidvm_server.persistence.repositories import SORTABLE, UserRepository, VMRepository
 from voidvm_server.services.clock import now
 from voidvm_server.services.ids import is_valid_id, new_id
@@ -39,6 +45,8 @@ from voidvm_server.services.images import ImageService
 from voidvm_server.services.live_config import LiveConfigStore
 
 log = logging.getLogger(__name__)
+MAX_RESTART_BACKOFF_SECONDS = 300.0
+RESYNC_FIRST_DELAY, RESYNC_MAX_DELAY = 0.5, 10.0  # retrying a state the database did not take
 VM_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,63}$")
 S = VMStatus
 
@@ -111,6 +119,8 @@ class VMService:
         self._locks: dict[str, asyncio.Lock] = {}
         self._expecting_exit: set[str] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._crash_restarts: dict[str, deque[float]] = {}  # vm_id -> monotonic times of restarts
+        self._resyncing: set[str] = set()
         driver.set_exit_handler(self._on_process_exit)
 
     # -- reading -------------------------------------------------------------------------------
@@ -197,20 +207,31 @@ class VMService:
             updated_at=stamp,
             started_at=None,
         )
-        async with self.db.session() as s:
-            if not await UserRepository(s).reserve(principal.id, spec.cpu, spec.memory, spec.disk):
-                raise self._quota_error(principal)
-            await VMRepository(s).add(vm)
-        self._publish(vm, S.CREATING, None)
-        if image.status is ImageStatus.DOWNLOADING:
-            self._spawn(self._finish_create_after_pull(vm, spec.auto_start))
-            return vm
-        try:
-            await self.driver.prepare_disk(vm.id, self.images.media(image), spec.disk)
-        except BaseException:
-            await self._forget(vm)
-            raise
-        vm = await self._set_status(vm.id, S.STOPPED)
+        # The VM's lock is held from the insert until the disk exists: a `DELETE ?force=true` that
+        # sees the row in the list waits for the disk instead of racing it.
+        lock = self._lock(vm.id)
+        async with lock:
+            try:
+                async with self.db.session() as s:
+                    if not await UserRepository(s).reserve(principal.id, spec.cpu, spec.memory, spec.disk):
+                        raise self._quota_error(principal)
+                    await VMRepository(s).add(vm)
+            except BaseException:
+                self._locks.pop(vm.id, None)
+                raise
+            self._publish(vm, S.CREATING, None)
+            if image.status is ImageStatus.DOWNLOADING:
+                self._spawn(self._finish_create_after_pull(vm, spec.auto_start))
+                return vm
+            with self._resync_if_the_database_fails(vm.id):
+                await self._test_pause("after-create-insert")
+                try:
+                    await self.driver.prepare_disk(vm.id, self.images.media(image), spec.disk)
+                except BaseException:
+                    await asyncio.shield(self._forget(vm))
+                    raise
+                await self._test_pause("after-create-disk")
+                vm = await self._set_status(vm.id, S.STOPPED)
         if spec.auto_start:
             self._spawn(self._auto_start(principal, vm.id))
         return vm
@@ -234,23 +255,30 @@ class VMService:
     async def _forget(self, vm: VM) -> None:
         """Undo a create that failed: no row, no quota, no files."""
         async with self.db.session() as s:
-            await VMRepository(s).delete(vm.id)
-            await UserRepository(s).release(vm.owner_id, vm.cpu, vm.memory_mb, vm.disk_gb)
+            if await VMRepository(s).delete(vm.id):  # released once, even if a delete came first
+                await UserRepository(s).release(vm.owner_id, vm.cpu, vm.memory_mb, vm.disk_gb)
         await self.driver.destroy(vm.id)
+        self._locks.pop(vm.id, None)
         self.bus.publish("vm-status", {"vmId": vm.id, "status": "deleted"}, vm_id=vm.id, owner_id=vm.owner_id)
 
     async def _finish_create_after_pull(self, vm: VM, auto_start: bool) -> None:
         image = await self.images.wait_ready(vm.image_id)
-        if image.status is not ImageStatus.AVAILABLE:
-            await self._set_status(vm.id, S.ERROR, f"image '{image.name}': {image.status_reason}")
-            return
-        try:
-            self._check_fits(image, vm.disk_gb)
-            await self.driver.prepare_disk(vm.id, self.images.media(image), vm.disk_gb)
-        except VoidVMError as exc:
-            await self._set_status(vm.id, S.ERROR, exc.message)
-            return
-        await self._set_status(vm.id, S.STOPPED)
+        async with self._lock(vm.id):
+            current = await self._load(vm.id)
+            if current is None or current.status is not S.CREATING:
+                if current is None:
+                    self._locks.pop(vm.id, None)
+                return  # deleted (DELETE ?force=true) while the image was downloading
+            if image.status is not ImageStatus.AVAILABLE:
+                await self._set_status(vm.id, S.ERROR, f"image '{image.name}': {image.status_reason}")
+                return
+            try:
+                self._check_fits(image, vm.disk_gb)
+                await self.driver.prepare_disk(vm.id, self.images.media(image), vm.disk_gb)
+            except VoidVMError as exc:
+                await self._set_status(vm.id, S.ERROR, exc.message)
+                return
+            await self._set_status(vm.id, S.STOPPED)
 
     async def _auto_start(self, principal: Principal, vm_id: str) -> None:
         try:
@@ -295,7 +323,10 @@ class VMService:
                 if values:
                     values["updated_at"] = now()
                     await VMRepository(s).update(vm.id, **values)
-            return await self._reload(vm.id)
+            updated = await self._reload(vm.id)
+            if values:  # subscribers see renames and resizes too
+                self._publish(updated, updated.status, updated.status)
+            return updated
 
     # -- actions -------------------------------------------------------------------------------
     def _lock(self, vm_id: str) -> asyncio.Lock:
@@ -321,21 +352,24 @@ class VMService:
             vm = await self._reload(vm.id)
             check_action(action, vm.status)
             work = self._plan(vm, action, force, timeout or self.settings.stop_timeout_seconds)
-            vm = await work.begin()
+            with self._resync_if_the_database_fails(vm.id):
+                vm = await work.begin()
         except BaseException:
             lock.release()
             raise
         if not wait:
-            self._spawn(self._finish(work.run, lock))
+            self._spawn(self._finish(vm.id, work.run, lock))
             return vm
         try:
-            return await work.run()
+            with self._resync_if_the_database_fails(vm.id):
+                return await work.run()
         finally:
             lock.release()
 
-    async def _finish(self, run: Callable[[], Awaitable[VM]], lock: asyncio.Lock) -> None:
+    async def _finish(self, vm_id: str, run: Callable[[], Awaitable[VM]], lock: asyncio.Lock) -> None:
         try:
-            await run()
+            with self._resync_if_the_database_fails(vm_id):
+                await run()
         except VoidVMError as exc:
             log.warning("Background action failed: %s", exc.message)
         finally:
@@ -367,17 +401,22 @@ class VMService:
         raise ValidationError("action", f"unknown action '{action}'")
 
     async def _start(self, vm: VM) -> VM:
-        image = await self.images.get(vm.image_id)
-        ssh_port = free_loopback_port()
-        spec = VMSpec(vm.id, vm.cpu, vm.memory_mb, self.images.media(image), ssh_port)
         try:
+            image = await self.images.get(vm.image_id)
+            ssh_port = free_loopback_port()
+            spec = VMSpec(vm.id, vm.cpu, vm.memory_mb, self.images.media(image), ssh_port)
+            # Intent first: a server killed after the spawn finds the port QEMU forwards.
+            async with self.db.session() as s:
+                await VMRepository(s).update(vm.id, ssh_port=ssh_port)
+            await self._test_pause("before-spawn")
             pid = await self.driver.start(spec)
         except BaseException as exc:
             reason = "internal error while starting"
             if isinstance(exc, VoidVMError):
                 reason = f"{exc.message}: {exc.details}" if exc.details else exc.message
-            await asyncio.shield(self._set_status(vm.id, S.ERROR, reason))
+            await asyncio.shield(self._set_status(vm.id, S.ERROR, reason, pid=None, ssh_port=None))
             raise
+        await self._test_pause("after-spawn")
         return await self._set_status(vm.id, S.RUNNING, pid=pid, ssh_port=ssh_port, started_at=now())
 
     async def _power_off(self, vm: VM, force: bool, timeout: float) -> None:
@@ -391,6 +430,8 @@ class VMService:
                     if await self.driver.wait_exit(vm.id, timeout):
                         return
                     log.info("VM %s ignored the power button for %gs; killing it", vm.id, timeout)
+                except HypervisorTimeoutError:
+                    raise  # QEMU itself hangs (not the guest): only `force` may kill it
                 except DriverError as exc:
                     log.warning("Graceful stop of %s failed (%s); killing it", vm.id, exc.message)
             await self.driver.kill(vm.id)
@@ -398,12 +439,22 @@ class VMService:
             self._expecting_exit.discard(vm.id)
 
     async def _stop(self, vm: VM, force: bool, timeout: float) -> VM:
-        await self._power_off(vm, force, timeout)
+        await self._power_off_or_undo(vm, force, timeout)
         return await self._set_status(vm.id, S.STOPPED, pid=None, ssh_port=None, started_at=None)
 
     async def _restart(self, vm: VM, force: bool, timeout: float) -> VM:
-        await self._power_off(vm, force, timeout)
+        await self._power_off_or_undo(vm, force, timeout)
         return await self._start(vm)
+
+    async def _power_off_or_undo(self, vm: VM, force: bool, timeout: float) -> None:
+        """Power off; when QEMU does not answer, put back the status the VM had (it still runs)."""
+        try:
+            await self._power_off(vm, force, timeout)
+        except HypervisorTimeoutError:
+            if self.driver.is_running(vm.id):
+                await asyncio.shield(self._set_status(vm.id, vm.status, vm.status_reason))
+                raise
+            # It ended meanwhile: the stop happened after all.
 
     async def _simple(self, vm: VM, call: Callable[[str], Awaitable[None]], target: VMStatus) -> VM:
         await call(vm.id)
@@ -414,23 +465,29 @@ class VMService:
         principal.require("vm:delete")
         vm = await self.get(principal, vm_id)
         async with self._lock(vm.id):
-            vm = await self._reload(vm.id)
-            if force and vm.status in {S.RUNNING, S.PAUSED}:
-                await self._set_status(vm.id, S.STOPPING)
-                await self._power_off(vm, True, 0)
-            elif force and vm.status is S.CREATING:
-                pass  # a pull in progress: deleting the row is enough
-            else:
-                check_action("delete", vm.status)
-            await self._set_status(vm.id, S.DELETING)
-            await self._remove(vm)
+            with self._resync_if_the_database_fails(vm.id):
+                await self._delete_locked(vm.id, force)
         self._locks.pop(vm.id, None)
+
+    async def _delete_locked(self, vm_id: str, force: bool) -> None:
+        vm = await self._reload(vm_id)
+        if force and vm.status in {S.RUNNING, S.PAUSED}:
+            await self._set_status(vm.id, S.STOPPING)
+            await self._power_off(vm, True, 0)
+        elif force and vm.status is S.CREATING:
+            pass  # a pull in progress (other creates hold the lock until done): the row is enough
+        else:
+            check_action("delete", vm.status)
+        await self._set_status(vm.id, S.DELETING)
+        await self._remove(vm)
 
     async def _remove(self, vm: VM) -> None:
         await self.driver.destroy(vm.id)
+        await self._test_pause("after-delete-files")
         async with self.db.session() as s:
-            await VMRepository(s).delete(vm.id)
-            await UserRepository(s).release(vm.owner_id, vm.cpu, vm.memory_mb, vm.disk_gb)
+            if await VMRepository(s).delete(vm.id):
+                await UserRepository(s).release(vm.owner_id, vm.cpu, vm.memory_mb, vm.disk_gb)
+        self._crash_restarts.pop(vm.id, None)
         self.bus.publish(
             "vm-status",
             {"vmId": vm.id, "status": "deleted", "previous": S.DELETING.value},
@@ -478,6 +535,12 @@ class VMService:
                 "status": status.value,
                 "previous": previous.value if previous else None,
                 "reason": vm.status_reason,
+                "cpu": vm.cpu,
+                "memory": vm.memory_mb,
+                "network": {
+                    "ip": GUEST_IP if vm.pid else None,
+                    "ports": {"ssh": vm.ssh_port} if vm.ssh_port else {},
+                },
             },
             vm_id=vm.id,
             owner_id=vm.owner_id,
@@ -490,17 +553,70 @@ class VMService:
 
     async def _record_exit(self, vm_id: str, clean: bool, reason: str) -> None:
         async with self._lock(vm_id):
-            vm = await self._load(vm_id)
-            if vm is None or vm.status in {S.STOPPED, S.ERROR, S.DELETING}:
-                return
-            if self.driver.is_running(vm_id):
-                return  # a late report: the VM was started again since that process ended
-            values = {"pid": None, "ssh_port": None, "started_at": None}
-            if clean:
-                await self._set_status(vm_id, S.STOPPED, "the guest powered itself off", **values)
-            else:
-                log.warning("VM %s: %s", vm_id, reason)
-                await self._set_status(vm_id, S.ERROR, reason, **values)
+            with self._resync_if_the_database_fails(vm_id):
+                await self._record_exit_locked(vm_id, clean, reason)
+
+    async def _record_exit_locked(self, vm_id: str, clean: bool, reason: str) -> None:
+        vm = await self._load(vm_id)
+        if vm is None:
+            self._locks.pop(vm_id, None)
+            return
+        if vm.status in {S.STOPPED, S.ERROR, S.DELETING}:
+            return
+        if self.driver.is_running(vm_id):
+            return  # a late report: the VM was started again since that process ended
+        values = {"pid": None, "ssh_port": None, "started_at": None}
+        if clean:
+            await self._set_status(vm_id, S.STOPPED, "the guest powered itself off", **values)
+            return
+        log.warning("VM %s: %s", vm_id, reason)
+        delay, refusal = self._plan_crash_restart(vm_id)
+        await self._set_status(vm_id, S.ERROR, f"{reason}; {refusal}" if refusal else reason, **values)
+        if delay is not None:
+            self._spawn(self._restart_after_crash(vm_id, delay, reason))
+
+    def _plan_crash_restart(self, vm_id: str) -> tuple[float | None, str | None]:
+        """(seconds to wait before restarting, None) or (None, why not) under the restart policy."""
+        policy = self.live.current.restart_policy
+        if policy.mode != "on-crash":
+            return None, None
+        moment = time.monotonic()
+        history = self._crash_restarts.setdefault(vm_id, deque())
+        while history and moment - history[0] > policy.window_seconds:
+            history.popleft()
+        if len(history) >= policy.max_restarts:
+            return None, (
+                f"not restarted: {len(history)} automatic restarts within {policy.window_seconds:g}s"
+            )
+        delay = min(policy.backoff_seconds * 2 ** len(history), MAX_RESTART_BACKOFF_SECONDS)
+        history.append(moment)
+        return delay, None
+
+    async def _restart_after_crash(self, vm_id: str, delay: float, crash: str) -> None:
+        await asyncio.sleep(delay)
+        async with self._lock(vm_id):
+            with self._resync_if_the_database_fails(vm_id):
+                vm = await self._load(vm_id)
+                if vm is None or vm.status is not S.ERROR:
+                    return  # deleted, or started or stopped by someone meanwhile
+                if self.live.current.restart_policy.mode != "on-crash":
+                    return  # switched off during the backoff
+                log.warning("VM %s: restarting it after a crash (%s)", vm_id, crash)
+                vm = await self._set_status(vm_id, S.STARTING, f"automatic restart after: {crash}")
+                try:
+                    await self._start(vm)
+                except VoidVMError as exc:
+                    log.warning("Automatic restart of %s failed: %s", vm_id, exc.message)
+
+    async def _test_pause(self, point: str) -> None:
+        """Test-only (VOIDVM_TEST_PAUSE_AT): announce this point in a marker file, then hang here
+        for good so that a fault test can kill -9 the server exactly at it."""
+        if self.settings.test_pause_at != point:
+            return
+        marker = self.settings.data_dir / f"paused-at-{point}"
+        marker.write_text(f"{os.getpid()}\n")
+        log.warning("VOIDVM_TEST_PAUSE_AT: paused at %s for good", point)
+        await asyncio.Event().wait()
 
     def _spawn(self, coro: Awaitable[Any]) -> None:
         task = asyncio.ensure_future(coro)
@@ -516,12 +632,16 @@ class VMService:
         for vm in vms:
             try:
                 await self._reconcile_one(vm)
-            except VoidVMError as exc:
-                await self._set_status(vm.id, S.ERROR, f"could not re-attach: {exc.message}")
+            except Exception as exc:  # one VM must not keep the server from starting
+                message = exc.message if isinstance(exc, VoidVMError) else "internal error"
+                log.warning("Reconciling VM %s failed: %s", vm.id, message, exc_info=exc)
+                await self._set_status(vm.id, S.ERROR, f"could not re-attach: {message}")
         for orphan in set(self.driver.known_run_dirs()) - known:
             log.warning("Run directory %s belongs to no VM; leaving it untouched", orphan)
 
-    async def _reconcile_one(self, vm: VM) -> None:
+    async def _reconcile_one(self, vm: VM, *, server_restarted: bool = True) -> None:
+        """Bring one row in line with its process and files. Runs at start-up, and on a live
+        server for a VM whose last state change the database did not take."""
         pid = await self.driver.attach(vm.id)
         if vm.status is S.DELETING:
             if pid is not None:
@@ -535,20 +655,86 @@ class VMService:
                 await self._set_status(vm.id, status, pid=pid, started_at=vm.started_at or now())
             log.info("Re-attached to VM %s (pid %d)", vm.id, pid)
             return
-        if vm.status in {S.RUNNING, S.PAUSED, S.STARTING, S.STOPPING, S.REBOOTING}:
-            reason = "the QEMU process ended while the server was down"
-            if vm.status is S.STOPPING:
-                await self._set_status(vm.id, S.STOPPED, pid=None, ssh_port=None)
-            else:
-                await self._set_status(vm.id, S.ERROR, reason, pid=None, ssh_port=None)
-        elif vm.status is S.CREATING:
-            image = await self.images.get(vm.image_id)
-            if image.status is ImageStatus.DOWNLOADING:
-                await self._set_status(vm.id, S.ERROR, "the image download was interrupted")
-            elif (self.driver.run_dir(vm.id) / "disk.qcow2").exists():
-                await self._set_status(vm.id, S.STOPPED)
-            else:
-                await self._set_status(vm.id, S.ERROR, "creation was interrupted; delete and retry")
+        gone = {"pid": None, "ssh_port": None, "started_at": None}
+        meanwhile = "while the server was down" if server_restarted else "while the database was unavailable"
+        match vm.status:
+            case S.RUNNING | S.PAUSED:
+                await self._set_status(vm.id, S.ERROR, f"the QEMU process ended {meanwhile}", **gone)
+            case S.STARTING | S.REBOOTING:
+                what = "start" if vm.status is S.STARTING else "restart"
+                await self._set_status(vm.id, S.ERROR, f"the VM's {what} was interrupted {meanwhile}; "
+                                       "start it again", **gone)  # fmt: skip
+            case S.STOPPING:
+                await self._set_status(vm.id, S.STOPPED, **gone)
+            case S.CREATING if server_restarted:
+                await self._finish_interrupted_create(vm)  # its client got no answer at all
+            case S.CREATING:
+                # Live: the create was answered with an error (the database failed under it),
+                # so it is undone, unless an image pull is still to finish it.
+                image = await self.images.get(vm.image_id)
+                if image.status is not ImageStatus.DOWNLOADING:
+                    await self._forget(vm)
+
+    async def _finish_interrupted_create(self, vm: VM) -> None:
+        """A create the server did not see through: its row and quota are there, maybe a disk."""
+        if self.driver.has_disk(vm.id):  # complete: disks are renamed into place when whole
+            await self._set_status(vm.id, S.STOPPED)
+            return
+        image = await self.images.get(vm.image_id)
+        if image.status is ImageStatus.DOWNLOADING:
+            return  # a live server's pull task finishes it (a restart marks such pulls failed)
+        if image.status is not ImageStatus.AVAILABLE:
+            why = image.status_reason or image.status.value
+            await self._set_status(vm.id, S.ERROR, f"image '{image.name}': {why}")
+            return
+        await self.driver.destroy(vm.id)  # at most a partial disk of this very create
+        try:
+            self._check_fits(image, vm.disk_gb)
+            await self.driver.prepare_disk(vm.id, self.images.media(image), vm.disk_gb)
+        except VoidVMError as exc:
+            await self._set_status(vm.id, S.ERROR, f"creation was interrupted: {exc.message}")
+            return
+        log.info("Finished the interrupted creation of VM %s", vm.id)
+        await self._set_status(vm.id, S.STOPPED)
+
+    # -- the database went away in the middle of an action -----------------------------------------
+    @contextlib.contextmanager
+    def _resync_if_the_database_fails(self, vm_id: str) -> Iterator[None]:
+        """When the database cannot take a state change (PostgreSQL restarting, ...), the row may
+        now disagree with the process and files: re-check that VM once the database is back."""
+        try:
+            yield
+        except BaseException as exc:
+            if isinstance(exc, ServiceUnavailableError) or database_unavailable(exc):
+                self._schedule_resync(vm_id)
+            raise
+
+    def _schedule_resync(self, vm_id: str) -> None:
+        if vm_id not in self._resyncing:
+            self._resyncing.add(vm_id)
+            self._spawn(self._resync(vm_id))
+
+    async def _resync(self, vm_id: str) -> None:
+        delay = RESYNC_FIRST_DELAY
+        try:
+            while True:
+                await asyncio.sleep(delay)
+                try:
+                    async with self._lock(vm_id):
+                        vm = await self._load(vm_id)
+                        if vm is None:
+                            self._locks.pop(vm_id, None)
+                            return
+                        await self._reconcile_one(vm, server_restarted=False)
+                    log.info("VM %s re-checked after the database came back", vm_id)
+                    return
+                except Exception as exc:
+                    if not (isinstance(exc, ServiceUnavailableError) or database_unavailable(exc)):
+                        log.warning("Re-checking VM %s failed", vm_id, exc_info=exc)
+                        return
+                    delay = min(delay * 2, RESYNC_MAX_DELAY)
+        finally:
+            self._resyncing.discard(vm_id)
 
     async def close(self) -> None:
         for task in list(self._tasks):

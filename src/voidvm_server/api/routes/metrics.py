@@ -8,7 +8,6 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 from voidvm_server.api.deps import ContainerDep, admin_principal, current_principal
 from voidvm_server.api.metrics import LiveCollector
-from voidvm_server.persistence.repositories import VMRepository
 
 router = APIRouter(tags=["system"])
 
@@ -17,14 +16,13 @@ router = APIRouter(tags=["system"])
 async def metrics(request: Request, container: ContainerDep) -> Response:
     if not container.settings.metrics_public:
         await admin_principal(await current_principal(request, container))
-    async with container.db.session() as s:
-        by_state = await VMRepository(s).count_by_status()
+    by_state = await container.system.vm_counts()
     latest = container.monitor.latest()
     running = [v for v in container.driver.known_run_dirs() if container.driver.is_running(v)]
     snapshot: dict[str, object] = {
         "vms_by_state": by_state,
         "qemu_processes": len(running),
-        "websockets": getattr(request.app.state, "websocket_count", 0),
+        "websockets": container.ws_hub.total,
         "vm_cpu": latest.vm_cpu_percent if latest else {},
         "vm_memory": latest.vm_memory_mb if latest else {},
     }

@@ -16,7 +16,6 @@ from voidvm_server import API_VERSION, __version__
 from voidvm_server.api.deps import AdminPrincipal, ContainerDep, CurrentPrincipal
 from voidvm_server.api.envelope import fail, ok
 from voidvm_server.api.presenters import audit_json, pagination
-from voidvm_server.persistence.repositories import AuditRepository, VMRepository
 from voidvm_server.services.monitor import PERIODS
 
 router = APIRouter(tags=["system"])
@@ -84,11 +83,8 @@ async def stats(
     container: ContainerDep,
     period: Literal["1h", "24h", "7d", "30d"] = Query("1h"),
 ) -> JSONResponse:
-    async with container.db.session() as s:
-        by_state = await VMRepository(s).count_by_status()
-    since = datetime.now(UTC) - timedelta(seconds=PERIODS[period])
-    async with container.db.session() as s:
-        events = await AuditRepository(s).count_since(since)
+    by_state = await container.system.vm_counts()
+    events = await container.system.event_counts(datetime.now(UTC) - timedelta(seconds=PERIODS[period]))
     return ok({
         "period": period,
         "vms": {"total": sum(by_state.values()), "by_status": by_state},
@@ -118,7 +114,7 @@ async def put_config(
 async def logs(
     principal: CurrentPrincipal,
     container: ContainerDep,
-    page: int = Query(1, ge=1),
+    page: int = Query(1, ge=1, le=1_000_000),
     limit: int = Query(50, ge=1, le=500),
     level: str | None = Query(None, max_length=16),
     action: str | None = Query(None, max_length=64),

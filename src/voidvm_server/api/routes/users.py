@@ -20,7 +20,7 @@ router = APIRouter(tags=["users"])
 async def list_users(
     _admin: AdminPrincipal,
     container: ContainerDep,
-    page: int = Query(1, ge=1),
+    page: int = Query(1, ge=1, le=1_000_000),
     limit: int = Query(20, ge=1, le=100),
 ) -> JSONResponse:
     users, total = await container.users.list(page, limit)

@@ -5,13 +5,14 @@ from __future__ import annotations
 import asyncio
 from typing import Literal
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
 
-from voidvm_server.api.deps import ContainerDep, CurrentPrincipal
+from voidvm_server.api.deps import ContainerDep, CurrentPrincipal, bearer_token
 from voidvm_server.api.envelope import ok
 from voidvm_server.api.presenters import pagination, stats_json, vm_json
-from voidvm_server.api.schemas import VMActionBody, VMCreateBody, VMUpdateBody
+from voidvm_server.api.schemas import Body, VMActionBody, VMCreateBody, VMUpdateBody
+from voidvm_server.errors import InvalidStateError
 from voidvm_server.services.clock import now
 from voidvm_server.services.vms import VMCreate, VMQuery, VMUpdate
 
@@ -174,3 +175,33 @@ async def console_log(
     data, size = await asyncio.to_thread(read_tail)
     return ok({"log": data.decode("utf-8", errors="replace"), "size": size,
                "truncated": size > len(data)})  # fmt: skip
+
+
+class ConsoleTicketBody(Body):
+    type: Literal["serial", "vnc"] = "serial"
+
+
+@router.post("/{vm_id}/console", status_code=201)
+async def console_ticket(
+    vm_id: str,
+    request: Request,
+    principal: CurrentPrincipal,
+    container: ContainerDep,
+    body: ConsoleTicketBody | None = None,
+) -> JSONResponse:
+    """A single-use ticket (~30 s) for the raw serial (`/console`) or VNC (`/vnc`) WebSocket."""
+    kind = (body or ConsoleTicketBody()).type
+    vm = await container.vms.get(principal, vm_id)
+    if not container.driver.is_running(vm.id):
+        raise InvalidStateError("The VM is not running", code="VM_NOT_RUNNING", current=vm.status.value)
+    credential = bearer_token(request)
+    assert credential is not None  # CurrentPrincipal authenticated it
+    ticket = container.tickets.issue(principal, credential, vm.id, kind)
+    await container.audit.record("vm.console", user=principal.user, target_type="vm", target_id=vm.id,
+                                 message=f"{kind} ticket issued")  # fmt: skip
+    scheme = "wss" if request.url.scheme == "https" else "ws"
+    base = str(request.base_url.replace(scheme=scheme)).rstrip("/")
+    stream = "console" if kind == "serial" else "vnc"
+    url = f"{base}/api/v1/vms/{vm.id}/{stream}?ticket={ticket}"
+    data = {"ticket": ticket, "url": url, "expires_in": int(container.tickets.ttl), "type": kind}
+    return ok(data, "Console ticket issued", 201)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import os
 import shutil
@@ -30,11 +31,30 @@ from voidvm_server.drivers.qemu.process import (
     spawn_daemonized,
 )
 from voidvm_server.drivers.qemu.qmp import QMPConnection
-from voidvm_server.errors import DriverError, InvalidStateError
+from voidvm_server.errors import DriverError, InvalidStateError, StorageError
 
 log = logging.getLogger(__name__)
 GIB = 1024**3
 QMP_DRAIN_SECONDS = 2.0  # how long an exited QEMU's last QMP events may take to be read
+_FULL = (errno.ENOSPC, errno.EDQUOT)
+_READ_ONLY = (errno.EROFS, errno.EACCES, errno.EPERM)
+
+
+def storage_problem(exc: BaseException) -> StorageError | None:
+    """A StorageError when `exc` (an OSError, or qemu-img's complaint) means the disk is full or
+    not writable; None for anything else. qemu-img reports the C library's strerror() text."""
+    if isinstance(exc, OSError):
+        codes = {exc.errno}
+    elif isinstance(exc, DriverError):
+        text = str(exc.details or "")
+        codes = {code for code in (*_FULL, *_READ_ONLY) if os.strerror(code) in text}
+    else:
+        return None
+    if codes & set(_FULL):
+        return StorageError("The server has no space left for the VM's files", code="STORAGE_FULL")
+    if codes & set(_READ_ONLY):
+        return StorageError("The server's VM storage is not writable", code="STORAGE_READ_ONLY")
+    return None
 
 
 @dataclass
@@ -94,17 +114,34 @@ class QemuDriver:
 
     # -- disks -------------------------------------------------------------------------------
     async def prepare_disk(self, vm_id: str, media: BootMedia, size_gb: int) -> None:
+        """Create the run directory and the VM's disk. The disk is written under a temporary
+        name and renamed when complete, so `disk.qcow2` existing means a whole disk (start-up
+        reconciliation relies on it). On failure nothing of the VM is left on the host."""
         paths = self._paths(vm_id)
-        paths.run_dir.mkdir(mode=0o700, parents=True, exist_ok=False)
+        try:
+            paths.run_dir.mkdir(mode=0o700, parents=True, exist_ok=False)
+        except OSError as exc:
+            problem = storage_problem(exc)
+            if problem is not None:
+                raise problem from None
+            raise
+        partial = paths.run_dir / "disk.qcow2.part"
         try:
             if media.base_disk is not None:
                 assert media.base_format is not None
-                await self.img.create_overlay(paths.disk, media.base_disk, media.base_format, size_gb * GIB)
+                await self.img.create_overlay(partial, media.base_disk, media.base_format, size_gb * GIB)
             else:
-                await self.img.create_blank(paths.disk, size_gb * GIB)
-        except BaseException:
+                await self.img.create_blank(partial, size_gb * GIB)
+            partial.replace(paths.disk)
+        except BaseException as exc:
             shutil.rmtree(paths.run_dir, ignore_errors=True)
+            problem = storage_problem(exc)
+            if problem is not None:
+                raise problem from None  # OSError and qemu-img's text would name host paths
             raise
+
+    def has_disk(self, vm_id: str) -> bool:
+        return self._paths(vm_id).disk.exists()
 
     async def grow_disk(self, vm_id: str, size_gb: int) -> None:
         await self.img.grow(self._paths(vm_id).disk, size_gb * GIB)
@@ -119,6 +156,12 @@ class QemuDriver:
         paths = self._paths(spec.vm_id)
         if not paths.disk.exists():
             raise DriverError("The VM's disk is missing")
+        stray = read_pidfile(paths.pidfile)
+        if stray is not None and is_qemu_process(stray, paths.run_dir):
+            # Its QEMU outlived a re-attach that failed: adopt it, never run a second one.
+            log.warning("VM %s: its QEMU (pid %d) still runs; re-attaching to it", spec.vm_id, stray)
+            await self._track(spec.vm_id, stray)
+            return stray
         for stale in (paths.qmp, paths.serial, paths.vnc):
             with contextlib.suppress(FileNotFoundError):
                 stale.unlink()
@@ -215,11 +258,16 @@ class QemuDriver:
     async def powerdown(self, vm_id: str) -> None:
         instance = self._instance(vm_id)
         instance.expect_exit = True
-        # A paused guest cannot see the power button: it would sit out the whole stop timeout
-        # and then be killed. Let it run so that it can shut down cleanly.
-        if (await instance.qmp.execute("query-status"))["status"] == "paused":
-            await instance.qmp.execute("cont")
-        await instance.qmp.execute("system_powerdown")
+        try:
+            # A paused guest cannot see the power button: it would sit out the whole stop
+            # timeout and then be killed. Let it run so that it can shut down cleanly.
+            if (await instance.qmp.execute("query-status"))["status"] == "paused":
+                await instance.qmp.execute("cont")
+            await instance.qmp.execute("system_powerdown")
+        except BaseException:
+            # Not asked after all (a hung QEMU times out): a later death is a crash again.
+            instance.expect_exit = False
+            raise
 
     async def kill(self, vm_id: str) -> None:
         instance = self._instances.get(vm_id)
@@ -235,14 +283,22 @@ class QemuDriver:
             return True
         return await instance.watcher.wait(timeout)
 
+    async def _change(self, vm_id: str, command: str) -> None:
+        """A state-changing command, sent only once QEMU has answered a harmless query: a command
+        that times out is still queued in the socket and would run when a hung QEMU wakes up,
+        behind the back of a caller that was told it failed."""
+        qmp = self._instance(vm_id).qmp
+        await qmp.execute("query-status")
+        await qmp.execute(command)
+
     async def pause(self, vm_id: str) -> None:
-        await self._instance(vm_id).qmp.execute("stop")
+        await self._change(vm_id, "stop")
 
     async def resume(self, vm_id: str) -> None:
-        await self._instance(vm_id).qmp.execute("cont")
+        await self._change(vm_id, "cont")
 
     async def reset(self, vm_id: str) -> None:
-        await self._instance(vm_id).qmp.execute("system_reset")
+        await self._change(vm_id, "system_reset")
 
     async def query_status(self, vm_id: str) -> str:
         if vm_id not in self._instances:

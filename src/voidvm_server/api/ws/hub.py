@@ -1,0 +1,150 @@
+"""ConnectionHub: every open WebSocket, its limits, its events and its credentials.
+
+- Admission: at most `max_total` sockets on the server (the next one is closed with 1013) and at
+  most `max_per_user` per authenticated user (the next one gets an error and close 1008). A slot
+  is freed the moment a socket ends, however it ends (uvicorn's pings notice vanished clients).
+- Fan-out: one EventBus listener hands every event to every socket, synchronously, in id order;
+  each socket filters by its own subscriptions and queues what it keeps.
+- Revocation: every `revalidate_seconds` each distinct credential is authenticated again; the
+  sockets whose token was revoked or expired, or whose user was disabled, get an `error` and close
+  4401. Principals are refreshed on the way, so a role change reaches open sockets too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import defaultdict
+from collections.abc import Awaitable, Callable
+from typing import Protocol
+
+from voidvm_server.api.ws.rendering import EventRenderer
+from voidvm_server.auth.principal import Principal
+from voidvm_server.errors import AuthError
+from voidvm_server.events.bus import Event, EventBus
+
+log = logging.getLogger(__name__)
+Authenticate = Callable[[str], Awaitable[Principal]]
+
+
+class Member(Protocol):
+    """What the hub needs of a socket."""
+
+    principal: Principal | None
+    credential: str | None
+
+    def deliver(self, event: Event) -> None:
+        """An event from the bus; filter and queue it without blocking."""
+
+    def refuse(self, code: int, reason: str, error: AuthError | None = None) -> None:
+        """Close soon with `code`, sending `error` first when the socket speaks JSON."""
+
+
+class ConnectionHub:
+    def __init__(
+        self,
+        bus: EventBus,
+        authenticate: Authenticate,
+        *,
+        max_per_user: int,
+        max_total: int,
+        revalidate_seconds: float,
+    ) -> None:
+        self.bus = bus
+        self.authenticate = authenticate
+        self.max_per_user = max_per_user
+        self.max_total = max_total
+        self.revalidate_seconds = revalidate_seconds
+        self.renderer = EventRenderer()
+        self._members: set[Member] = set()
+        self._by_user: dict[str, set[Member]] = defaultdict(set)
+        self._sweeper: asyncio.Task[None] | None = None
+        self._unlisten: Callable[[], None] = lambda: None
+
+    # -- admission -------------------------------------------------------------------------------
+    def admit(self, member: Member) -> bool:
+        """Count a new socket against the global cap; False when the server is full."""
+        if len(self._members) >= self.max_total:
+            return False
+        self._members.add(member)
+        return True
+
+    def bind(self, member: Member, principal: Principal) -> bool:
+        """Count an authenticated socket against its user's cap; False when the user is at it."""
+        sockets = self._by_user[principal.id]
+        if member not in sockets and len(sockets) >= self.max_per_user:
+            return False
+        sockets.add(member)
+        return True
+
+    def leave(self, member: Member) -> None:
+        self._members.discard(member)
+        if member.principal is not None:
+            sockets = self._by_user.get(member.principal.id)
+            if sockets is not None:
+                sockets.discard(member)
+                if not sockets:
+                    del self._by_user[member.principal.id]
+
+    @property
+    def total(self) -> int:
+        return len(self._members)
+
+    def count_for(self, user_id: str) -> int:
+        return len(self._by_user.get(user_id, ()))
+
+    def close_for_user(self, user_id: str, code: int, reason: str) -> int:
+        """Close every socket of one user (say, right after disabling them); how many there were."""
+        members = list(self._by_user.get(user_id, ()))
+        for member in members:
+            member.refuse(code, reason)
+        return len(members)
+
+    # -- events ----------------------------------------------------------------------------------
+    def _on_event(self, event: Event) -> None:
+        for member in list(self._members):
+            try:
+                member.deliver(event)
+            except Exception:  # one broken socket must not starve the others
+                log.exception("Delivering event %d failed", event.id)
+
+    # -- revocation ------------------------------------------------------------------------------
+    async def revalidate(self) -> None:
+        """Authenticate every distinct credential again; close the sockets of the failed ones."""
+        groups: dict[str, list[Member]] = defaultdict(list)
+        for member in list(self._members):
+            if member.credential is not None and member.principal is not None:
+                groups[member.credential].append(member)
+        for credential, members in groups.items():
+            try:
+                principal = await self.authenticate(credential)
+            except AuthError as exc:
+                for member in members:
+                    member.refuse(4401, exc.message, exc)
+                continue
+            for member in members:
+                if member.principal is not None and member.principal.id == principal.id:
+                    member.principal = principal
+
+    async def _sweep(self) -> None:
+        while True:
+            await asyncio.sleep(self.revalidate_seconds)
+            try:
+                await self.revalidate()
+            except Exception:
+                log.exception("Re-validating WebSocket credentials failed")
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    def start(self) -> None:
+        self._unlisten = self.bus.listen(self._on_event)
+        self._sweeper = asyncio.get_running_loop().create_task(self._sweep())
+
+    async def stop(self) -> None:
+        self._unlisten()
+        sweeper, self._sweeper = self._sweeper, None
+        if sweeper is not None:
+            sweeper.cancel()
+            await asyncio.gather(sweeper, return_exceptions=True)
+        for member in list(self._members):
+            member.refuse(1001, "the server is shutting down")
+        self.renderer.close()

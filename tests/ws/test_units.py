@@ -1,0 +1,173 @@
+"""The WebSocket parts on their own: tickets, throttle, Origin rules, parsing, event routing."""
+
+from __future__ import annotations
+
+import asyncio
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from voidvm_server.api.ws import protocol
+from voidvm_server.api.ws.guards import origin_allowed
+from voidvm_server.api.ws.logfilter import redact
+from voidvm_server.api.ws.subscriptions import EventRouter
+from voidvm_server.api.ws.throttle import MessageThrottle
+from voidvm_server.errors import AuthError
+from voidvm_server.events.bus import Event, EventBus
+from voidvm_server.services.system_events import describe
+from voidvm_server.services.tickets import TicketService
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+PRINCIPAL: Any = SimpleNamespace(id="usr-a", is_admin=False)
+
+
+def test_a_ticket_is_single_use_and_bound_to_its_vm_and_kind() -> None:
+    tickets = TicketService(30, Clock())
+    secret = tickets.issue(PRINCIPAL, "token", "vm-1", "serial")
+    assert secret not in repr(tickets._tickets)  # only its digest is kept
+    for vm_id, kind in [("vm-2", "serial"), ("vm-1", "vnc")]:
+        again = tickets.issue(PRINCIPAL, "token", "vm-1", "serial")
+        with pytest.raises(AuthError):
+            tickets.redeem(again, vm_id, kind)  # type: ignore[arg-type]
+    ticket = tickets.redeem(secret, "vm-1", "serial")
+    assert ticket.principal is PRINCIPAL and ticket.credential == "token"
+    with pytest.raises(AuthError) as used:
+        tickets.redeem(secret, "vm-1", "serial")
+    assert used.value.code == "INVALID_TICKET"
+
+
+def test_a_ticket_expires_after_its_ttl() -> None:
+    clock = Clock()
+    tickets = TicketService(30, clock)
+    secret = tickets.issue(PRINCIPAL, "token", "vm-1", "vnc")
+    clock.now += 30.5
+    with pytest.raises(AuthError):
+        tickets.redeem(secret, "vm-1", "vnc")
+    tickets.issue(PRINCIPAL, "token", "vm-1", "vnc")
+    assert len(tickets) == 1  # expired ones are swept
+
+
+def test_the_throttle_allows_a_burst_then_the_rate() -> None:
+    clock = Clock()
+    throttle = MessageThrottle(50, clock=clock)
+    assert sum(throttle.allow() for _ in range(80)) == 50
+    assert throttle.should_warn() and not throttle.should_warn()
+    clock.now += 0.25  # refills 12.5 messages
+    assert sum(throttle.allow() for _ in range(80)) == 12
+    clock.now += 1.0
+    assert throttle.should_warn()
+
+
+@pytest.mark.parametrize(
+    ("origin", "host", "allowed", "ok"),
+    [
+        (None, "localhost:3000", [], True),  # not a browser
+        ("http://localhost:3000", "localhost:3000", [], True),
+        ("http://localhost:5173", "localhost:3000", [], True),  # same host, another port
+        ("https://evil.example", "localhost:3000", [], False),
+        ("https://app.example", "localhost:3000", ["https://app.example/"], True),
+        ("https://evil.example", "localhost:3000", ["*"], True),
+        ("null", "localhost:3000", [], False),
+        ("http://[::1]:8080", "[::1]:3000", [], True),
+    ],
+)
+def test_origin_rules(origin: str | None, host: str, allowed: list[str], ok: bool) -> None:
+    assert origin_allowed(origin, host, allowed) is ok
+
+
+def test_secrets_in_urls_are_redacted() -> None:
+    line = '127.0.0.1 - "WebSocket /ws?token=eyJhbGc.x.y&lastEventId=4" [accepted]'
+    assert redact(line) == '127.0.0.1 - "WebSocket /ws?token=[redacted]&lastEventId=4" [accepted]'
+    assert redact("/api/v1/vms/vm-1/vnc?ticket=abc") == "/api/v1/vms/vm-1/vnc?ticket=[redacted]"
+
+
+def test_parse_validates_each_type_and_bounds_intervals() -> None:
+    envelope, data = protocol.parse(
+        '{"type": "subscribe", "data": {"topic": "system-monitor", "interval": 0.2}}'
+    )
+    assert envelope.id is None and isinstance(data, protocol.SubscribeData) and data.period == 1.0
+    _, default = protocol.parse('{"type": "subscribe", "data": {"topic": "vm-status-all"}, "id": 7}')
+    assert isinstance(default, protocol.SubscribeData) and default.period == protocol.DEFAULT_INTERVAL
+    with pytest.raises(protocol.ProtocolError) as bad:
+        protocol.parse('{"type": "terminal-resize", "data": {"vmId": "vm-1", "cols": 0, "rows": 24}}')
+    assert bad.value.code == "VALIDATION_ERROR" and bad.value.details[0]["field"] == "data.cols"
+    assert protocol.peek_id('{"type": 1, "id": "abc"}') == "abc"
+    assert protocol.peek_id("garbage") is None
+
+
+def test_lifecycle_names() -> None:
+    assert describe({"previous": "starting", "status": "running"}) == "vm.started"
+    assert describe({"previous": "rebooting", "status": "running"}) == "vm.restarted"
+    assert describe({"previous": "stopped", "status": "starting"}) is None
+    assert describe({"previous": "running", "status": "error"}) == "vm.error"
+
+
+def _router(
+    bus: EventBus, sent: list[Event], gaps: list[tuple[int, int]], admin: bool = False
+) -> EventRouter:
+    principal: Any = SimpleNamespace(id="usr-a", is_admin=admin)
+    return EventRouter(bus, lambda: principal, sent.append, lambda a, b: gaps.append((a, b)), settle=0.01)
+
+
+def _status(bus: EventBus, vm_id: str, owner: str, status: str) -> Event:
+    return bus.publish("vm-status", {"vmId": vm_id, "status": status}, vm_id=vm_id, owner_id=owner)
+
+
+async def test_a_resume_over_several_topics_sends_the_union_in_id_order() -> None:
+    bus = EventBus(first_id=1)
+    sent: list[Event] = []
+    gaps: list[tuple[int, int]] = []
+    router = _router(bus, sent, gaps)
+    bus.listen(router.offer)
+    for status in ("starting", "running"):
+        _status(bus, "vm-1", "usr-a", status)
+        _status(bus, "vm-2", "usr-a", status)
+        _status(bus, "vm-3", "usr-b", status)  # someone else's
+    router.subscribe("vm-1", 0)
+    router.subscribe("vm-2", 0)
+    router.subscribe("vm-3", 0)  # (the route would have refused it; the owner filter still holds)
+    live = _status(bus, "vm-1", "usr-a", "stopping")  # arrives while the resume settles
+    await asyncio.sleep(0.05)
+    assert [e.id for e in sent] == [1, 2, 4, 5, live.id]
+    assert gaps == []
+    _status(bus, "vm-2", "usr-a", "stopping")
+    assert sent[-1].vm_id == "vm-2"  # live again
+
+
+async def test_a_resume_reports_ids_the_buffer_no_longer_holds() -> None:
+    bus = EventBus(replay_size=4, first_id=1)
+    sent: list[Event] = []
+    gaps: list[tuple[int, int]] = []
+    router = _router(bus, sent, gaps, admin=True)
+    for n in range(10):
+        _status(bus, "vm-1", "usr-z", f"s{n}")
+    router.subscribe(None, 2)
+    router.flush()
+    assert gaps == [(3, 6)] and [e.id for e in sent] == [7, 8, 9, 10]
+    router.subscribe(None, 50)  # ids from an earlier server process
+    router.flush()
+    assert gaps[-1] == (11, 50)
+
+
+async def test_an_event_that_carries_the_vm_fields_is_rendered_without_a_read() -> None:
+    from voidvm_server.api.ws.rendering import EventRenderer
+
+    bus = EventBus(first_id=1)
+    renderer = EventRenderer()
+    fields = {"cpu": 2, "memory": 512, "network": {"ip": None, "ports": {}}}
+    event = bus.publish(
+        "vm-status", {"vmId": "vm-1", "status": "stopped", **fields}, vm_id="vm-1", owner_id="u"
+    )
+
+    text = renderer.text(event)
+    assert '"cpu":2' in text and '"eventId":1' in text and '"previous":null' in text
+    assert renderer.text(event) is text  # rendered once, shared
