@@ -12,7 +12,7 @@ from voidvm_server.errors import AuthError, ForbiddenError, TooManyRequestsError
 from voidvm_server.services import context
 
 
-def get_container(request: Request) -> Container:
+async def get_container(request: Request) -> Container:  # async: no thread-pool hop per request
     container: Container = request.app.state.container
     return container
 

@@ -78,6 +78,19 @@ class UserRepository:
         row = await self.session.get(UserRow, user_id)
         return _user(row) if row else None
 
+    async def get_with_session(self, user_id: str, session_id: str) -> tuple[User | None, bool]:
+        """The user and whether this login session was revoked, in one query (every request)."""
+        row = (
+            await self.session.execute(
+                select(UserRow, RevokedSessionRow.session_id)
+                .outerjoin(RevokedSessionRow, RevokedSessionRow.session_id == session_id)
+                .where(UserRow.id == user_id)
+            )
+        ).first()
+        if row is None:
+            return None, False
+        return _user(row[0]), row[1] is not None
+
     async def by_username(self, username: str) -> User | None:
         row = await self.session.scalar(select(UserRow).where(UserRow.username == username))
         return _user(row) if row else None
@@ -236,9 +249,6 @@ class TokenRepository:
         if await self.session.get(RevokedSessionRow, session_id) is None:
             self.session.add(RevokedSessionRow(session_id=session_id, expires_at=expires_at))
             await self.session.flush()
-
-    async def is_session_revoked(self, session_id: str) -> bool:
-        return await self.session.get(RevokedSessionRow, session_id) is not None
 
     async def purge_revoked(self, now: datetime) -> None:
         await self.session.execute(delete(RevokedSessionRow).where(RevokedSessionRow.expires_at < now))
@@ -427,10 +437,13 @@ class VMRepository:
             query = query.where(condition)
             count = count.where(condition)
         order = [SORTABLE[key].desc() if desc else SORTABLE[key].asc() for key, desc in sort]
-        query = query.order_by(*order, VMRow.id).offset(offset).limit(limit)
-        total = int(await self.session.scalar(count) or 0)
-        rows = (await self.session.execute(query)).all()
-        return [_vm(r[0], r[1]) for r in rows], total
+        # The total rides along with the page (a window count): one statement, not two.
+        paged = query.add_columns(func.count().over()).order_by(*order, VMRow.id).offset(offset).limit(limit)
+        rows = (await self.session.execute(paged)).all()
+        if rows:
+            return [_vm(r[0], r[1]) for r in rows], int(rows[0][2])
+        total = int(await self.session.scalar(count) or 0) if offset else 0
+        return [], total
 
     async def all(self) -> builtins.list[VM]:
         return [_vm(r[0], r[1]) for r in (await self.session.execute(self._select())).all()]

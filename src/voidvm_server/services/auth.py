@@ -115,8 +115,7 @@ class AuthService:
 
     async def _live_user(self, user_id: str, session_id: str, token_version: int) -> User:
         async with self.db.session() as s:
-            user = await UserRepository(s).get(user_id)
-            revoked = await TokenRepository(s).is_session_revoked(session_id)
+            user, revoked = await UserRepository(s).get_with_session(user_id, session_id)
         if user is None or revoked or user.token_version != token_version:
             raise AuthError("The token is no longer valid", code="INVALID_TOKEN")
         if user.status is UserStatus.DISABLED:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import math
 import os
@@ -516,15 +517,17 @@ class VMService:
 
     # -- state and events ----------------------------------------------------------------------
     async def _set_status(self, vm_id: str, status: VMStatus, reason: str | None = None, **values: Any) -> VM:
+        # Only VM fields named like their columns (pid, ssh_port, started_at) pass through `values`,
+        # so the new record is the old one with the changes: one read, one write.
+        changes = {"status_reason": reason, "updated_at": now(), **values}
         async with self.db.session() as s:
             repo = VMRepository(s)
             before = await repo.get(vm_id)
-            await repo.update(vm_id, status=status.value, status_reason=reason,
-                              updated_at=now(), **values)  # fmt: skip
-            vm = await repo.get(vm_id)
-        if vm is None:
-            raise vm_not_found(vm_id)
-        self._publish(vm, status, before.status if before else None)
+            if before is None:
+                raise vm_not_found(vm_id)
+            await repo.update(vm_id, status=status.value, **changes)
+        vm = dataclasses.replace(before, status=status, **changes)
+        self._publish(vm, status, before.status)
         return vm
 
     def _publish(self, vm: VM, status: VMStatus, previous: VMStatus | None) -> None:
