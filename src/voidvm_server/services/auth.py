@@ -52,10 +52,12 @@ class AuthService:
         self._attempts = limiter.parse(f"{settings.login_attempts_per_minute}/minute")
 
     async def login(self, username: str, password: str, client_ip: str) -> LoginResult:
-        verdict = await self.limiter.hit(self._attempts, "login", client_ip, username.lower())
+        # Only failed attempts spend this budget: a script that logs in often is not an attack.
+        attempt_key = ("login", client_ip, username.lower())
+        verdict = await self.limiter.check(self._attempts, *attempt_key)
         if not verdict.allowed:
             raise TooManyRequestsError(
-                "Too many login attempts; wait and try again",
+                "Too many failed login attempts; wait and try again",
                 code="TOO_MANY_ATTEMPTS",
                 retry_after=verdict.reset_after,
             )
@@ -63,6 +65,7 @@ class AuthService:
             user = await UserRepository(s).by_username(username)
         if user is None:
             verify_password(DUMMY_HASH, password)  # same cost as a real check
+            await self.limiter.hit(self._attempts, *attempt_key)
             raise _invalid_credentials()
         stamp = now()
         if user.locked_until is not None and user.locked_until > stamp:
@@ -72,6 +75,7 @@ class AuthService:
                 details={"locked_until": user.locked_until.isoformat()},
             )
         if not verify_password(user.password_hash, password):
+            await self.limiter.hit(self._attempts, *attempt_key)
             await self._record_failure(user)
             raise _invalid_credentials()
         if user.status is UserStatus.DISABLED:

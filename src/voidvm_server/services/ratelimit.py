@@ -33,6 +33,13 @@ class RateLimiter:
     def parse(limit: str) -> RateLimitItem:
         return parse(limit)
 
+    async def check(self, item: RateLimitItem, *key: str) -> Verdict:
+        """Whether one more hit would be allowed, without spending it."""
+        allowed = await self._limiter.test(item, *key)
+        stats = await self._limiter.get_window_stats(item, *key)
+        reset_after = max(1, math.ceil(stats.reset_time - time.time()))
+        return Verdict(allowed, item.amount, max(0, stats.remaining), reset_after)
+
     async def hit(self, item: RateLimitItem, *key: str) -> Verdict:
         allowed = await self._limiter.hit(item, *key)
         stats = await self._limiter.get_window_stats(item, *key)
