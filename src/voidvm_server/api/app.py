@@ -137,7 +137,7 @@ async def start_services(container: Container) -> None:
             "Change it with PUT /api/v1/auth/password or 'voidvm-server user passwd admin'."
         )
     await container.images.recover()
-    await container.vms.reconcile()
+    await container.vms.recovery.reconcile()
     container.monitor.start()
     container.lifecycle.start()
     container.consoles.start()

@@ -23,6 +23,15 @@ from sqlalchemy.ext.asyncio import (
 from voidvm_server.errors import ServiceUnavailableError, StorageError
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+_SQLITE_UNAVAILABLE = {
+    sqlite3.SQLITE_BUSY,
+    sqlite3.SQLITE_LOCKED,
+    sqlite3.SQLITE_IOERR,
+    sqlite3.SQLITE_FULL,
+    sqlite3.SQLITE_READONLY,
+    sqlite3.SQLITE_CANTOPEN,
+    sqlite3.SQLITE_PROTOCOL,
+}
 
 
 def database_unavailable(exc: BaseException) -> bool:
@@ -34,6 +43,10 @@ def database_unavailable(exc: BaseException) -> bool:
         seen.add(id(current))
         if isinstance(current, sa_exc.DBAPIError) and current.connection_invalidated:
             return True
+        if isinstance(current, sa_exc.DBAPIError) and isinstance(current.orig, sqlite3.Error):
+            # SQLite says "OperationalError" for a missing table too: only these codes are the
+            # database being unable to serve (busy, I/O error, full, read-only, cannot open).
+            return getattr(current.orig, "sqlite_errorcode", -1) & 0xFF in _SQLITE_UNAVAILABLE
         if isinstance(current, sa_exc.OperationalError | sa_exc.InterfaceError | sa_exc.TimeoutError):
             return True
         if isinstance(current, ConnectionError) and current is not exc:

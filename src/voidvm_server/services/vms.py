@@ -10,17 +10,14 @@ Rules kept here:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import logging
 import math
 import os
 import re
 import socket
-import time
-from collections import deque
-from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 from voidvm_server.auth.principal import Principal
@@ -32,67 +29,26 @@ from voidvm_server.errors import (
     DriverError,
     HypervisorTimeoutError,
     QuotaExceededError,
-    ServiceUnavailableError,
     ValidationError,
     VoidVMError,
     vm_not_found,
 )
 from voidvm_server.events.bus import EventBus
-from voidvm_server.persistence.engine import Database, database_unavailable
-from voidvm_server.persistence.repositories import SORTABLE, UserRepository, VMRepository
+from voidvm_server.persistence.engine import Database
+from voidvm_server.persistence.repositories import UserRepository, VMRepository
 from voidvm_server.services.clock import now
+from voidvm_server.services.crash_policy import CrashRestarts
 from voidvm_server.services.ids import is_valid_id, new_id
 from voidvm_server.services.images import ImageService
 from voidvm_server.services.live_config import LiveConfigStore
+from voidvm_server.services.vm_recovery import VMRecovery
+from voidvm_server.services.vm_requests import VMCreate, VMQuery, VMUpdate, parse_sort
+
+__all__ = ["VMCreate", "VMQuery", "VMService", "VMUpdate", "free_loopback_port"]
 
 log = logging.getLogger(__name__)
-MAX_RESTART_BACKOFF_SECONDS = 300.0
-RESYNC_FIRST_DELAY, RESYNC_MAX_DELAY = 0.5, 10.0  # retrying a state the database did not take
 VM_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,63}$")
 S = VMStatus
-
-
-@dataclass
-class VMCreate:
-    name: str
-    cpu: int
-    memory: int
-    disk: int
-    os: str | None = None
-    description: str = ""
-    auto_start: bool = False
-
-
-@dataclass
-class VMUpdate:
-    name: str | None = None
-    description: str | None = None
-    cpu: int | None = None
-    memory: int | None = None
-    disk: int | None = None
-
-
-@dataclass
-class VMQuery:
-    page: int = 1
-    limit: int = 20
-    status: list[str] = field(default_factory=list)
-    search: str | None = None
-    sort: str = "-created_at"
-    owner: str | None = None
-
-
-def parse_sort(sort: str) -> list[tuple[str, bool]]:
-    keys: list[tuple[str, bool]] = []
-    for part in filter(None, (p.strip() for p in sort.split(","))):
-        desc = part.startswith("-")
-        key = part.lstrip("+-")
-        if key == "memory_mb":
-            key = "memory"
-        if key not in SORTABLE:
-            raise ValidationError("sort", f"unknown field '{key}'; use one of {sorted(SORTABLE)}")
-        keys.append((key, desc))
-    return keys
 
 
 def free_loopback_port() -> int:
@@ -120,8 +76,8 @@ class VMService:
         self._locks: dict[str, asyncio.Lock] = {}
         self._expecting_exit: set[str] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._crash_restarts: dict[str, deque[float]] = {}  # vm_id -> monotonic times of restarts
-        self._resyncing: set[str] = set()
+        self._crash_restarts = CrashRestarts()
+        self.recovery = VMRecovery(self)
         driver.set_exit_handler(self._on_process_exit)
 
     # -- reading -------------------------------------------------------------------------------
@@ -224,7 +180,7 @@ class VMService:
             if image.status is ImageStatus.DOWNLOADING:
                 self._spawn(self._finish_create_after_pull(vm, spec.auto_start))
                 return vm
-            with self._resync_if_the_database_fails(vm.id):
+            with self.recovery.resync_if_the_database_fails(vm.id):
                 await self._test_pause("after-create-insert")
                 try:
                     await self.driver.prepare_disk(vm.id, self.images.media(image), spec.disk)
@@ -353,7 +309,7 @@ class VMService:
             vm = await self._reload(vm.id)
             check_action(action, vm.status)
             work = self._plan(vm, action, force, timeout or self.settings.stop_timeout_seconds)
-            with self._resync_if_the_database_fails(vm.id):
+            with self.recovery.resync_if_the_database_fails(vm.id):
                 vm = await work.begin()
         except BaseException:
             lock.release()
@@ -362,14 +318,14 @@ class VMService:
             self._spawn(self._finish(vm.id, work.run, lock))
             return vm
         try:
-            with self._resync_if_the_database_fails(vm.id):
+            with self.recovery.resync_if_the_database_fails(vm.id):
                 return await work.run()
         finally:
             lock.release()
 
     async def _finish(self, vm_id: str, run: Callable[[], Awaitable[VM]], lock: asyncio.Lock) -> None:
         try:
-            with self._resync_if_the_database_fails(vm_id):
+            with self.recovery.resync_if_the_database_fails(vm_id):
                 await run()
         except VoidVMError as exc:
             log.warning("Background action failed: %s", exc.message)
@@ -466,7 +422,7 @@ class VMService:
         principal.require("vm:delete")
         vm = await self.get(principal, vm_id)
         async with self._lock(vm.id):
-            with self._resync_if_the_database_fails(vm.id):
+            with self.recovery.resync_if_the_database_fails(vm.id):
                 await self._delete_locked(vm.id, force)
         self._locks.pop(vm.id, None)
 
@@ -488,7 +444,7 @@ class VMService:
         async with self.db.session() as s:
             if await VMRepository(s).delete(vm.id):
                 await UserRepository(s).release(vm.owner_id, vm.cpu, vm.memory_mb, vm.disk_gb)
-        self._crash_restarts.pop(vm.id, None)
+        self._crash_restarts.forget(vm.id)
         self.bus.publish(
             "vm-status",
             {"vmId": vm.id, "status": "deleted", "previous": S.DELETING.value},
@@ -556,7 +512,7 @@ class VMService:
 
     async def _record_exit(self, vm_id: str, clean: bool, reason: str) -> None:
         async with self._lock(vm_id):
-            with self._resync_if_the_database_fails(vm_id):
+            with self.recovery.resync_if_the_database_fails(vm_id):
                 await self._record_exit_locked(vm_id, clean, reason)
 
     async def _record_exit_locked(self, vm_id: str, clean: bool, reason: str) -> None:
@@ -573,32 +529,15 @@ class VMService:
             await self._set_status(vm_id, S.STOPPED, "the guest powered itself off", **values)
             return
         log.warning("VM %s: %s", vm_id, reason)
-        delay, refusal = self._plan_crash_restart(vm_id)
+        delay, refusal = self._crash_restarts.plan(vm_id, self.live.current.restart_policy)
         await self._set_status(vm_id, S.ERROR, f"{reason}; {refusal}" if refusal else reason, **values)
         if delay is not None:
             self._spawn(self._restart_after_crash(vm_id, delay, reason))
 
-    def _plan_crash_restart(self, vm_id: str) -> tuple[float | None, str | None]:
-        """(seconds to wait before restarting, None) or (None, why not) under the restart policy."""
-        policy = self.live.current.restart_policy
-        if policy.mode != "on-crash":
-            return None, None
-        moment = time.monotonic()
-        history = self._crash_restarts.setdefault(vm_id, deque())
-        while history and moment - history[0] > policy.window_seconds:
-            history.popleft()
-        if len(history) >= policy.max_restarts:
-            return None, (
-                f"not restarted: {len(history)} automatic restarts within {policy.window_seconds:g}s"
-            )
-        delay = min(policy.backoff_seconds * 2 ** len(history), MAX_RESTART_BACKOFF_SECONDS)
-        history.append(moment)
-        return delay, None
-
     async def _restart_after_crash(self, vm_id: str, delay: float, crash: str) -> None:
         await asyncio.sleep(delay)
         async with self._lock(vm_id):
-            with self._resync_if_the_database_fails(vm_id):
+            with self.recovery.resync_if_the_database_fails(vm_id):
                 vm = await self._load(vm_id)
                 if vm is None or vm.status is not S.ERROR:
                     return  # deleted, or started or stopped by someone meanwhile
@@ -625,119 +564,6 @@ class VMService:
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-
-    # -- start-up reconciliation ---------------------------------------------------------------
-    async def reconcile(self) -> None:
-        """Match database rows, run directories and live processes after a (re)start."""
-        async with self.db.session() as s:
-            vms = await VMRepository(s).all()
-        known = {vm.id for vm in vms}
-        for vm in vms:
-            try:
-                await self._reconcile_one(vm)
-            except Exception as exc:  # one VM must not keep the server from starting
-                message = exc.message if isinstance(exc, VoidVMError) else "internal error"
-                log.warning("Reconciling VM %s failed: %s", vm.id, message, exc_info=exc)
-                await self._set_status(vm.id, S.ERROR, f"could not re-attach: {message}")
-        for orphan in set(self.driver.known_run_dirs()) - known:
-            log.warning("Run directory %s belongs to no VM; leaving it untouched", orphan)
-
-    async def _reconcile_one(self, vm: VM, *, server_restarted: bool = True) -> None:
-        """Bring one row in line with its process and files. Runs at start-up, and on a live
-        server for a VM whose last state change the database did not take."""
-        pid = await self.driver.attach(vm.id)
-        if vm.status is S.DELETING:
-            if pid is not None:
-                await self.driver.kill(vm.id)
-            await self._remove(vm)
-            return
-        if pid is not None:
-            qemu = await self.driver.query_status(vm.id)
-            status = S.PAUSED if qemu == "paused" else S.RUNNING
-            if vm.status is not status or vm.pid != pid:
-                await self._set_status(vm.id, status, pid=pid, started_at=vm.started_at or now())
-            log.info("Re-attached to VM %s (pid %d)", vm.id, pid)
-            return
-        gone = {"pid": None, "ssh_port": None, "started_at": None}
-        meanwhile = "while the server was down" if server_restarted else "while the database was unavailable"
-        match vm.status:
-            case S.RUNNING | S.PAUSED:
-                await self._set_status(vm.id, S.ERROR, f"the QEMU process ended {meanwhile}", **gone)
-            case S.STARTING | S.REBOOTING:
-                what = "start" if vm.status is S.STARTING else "restart"
-                await self._set_status(vm.id, S.ERROR, f"the VM's {what} was interrupted {meanwhile}; "
-                                       "start it again", **gone)  # fmt: skip
-            case S.STOPPING:
-                await self._set_status(vm.id, S.STOPPED, **gone)
-            case S.CREATING if server_restarted:
-                await self._finish_interrupted_create(vm)  # its client got no answer at all
-            case S.CREATING:
-                # Live: the create was answered with an error (the database failed under it),
-                # so it is undone, unless an image pull is still to finish it.
-                image = await self.images.get(vm.image_id)
-                if image.status is not ImageStatus.DOWNLOADING:
-                    await self._forget(vm)
-
-    async def _finish_interrupted_create(self, vm: VM) -> None:
-        """A create the server did not see through: its row and quota are there, maybe a disk."""
-        if self.driver.has_disk(vm.id):  # complete: disks are renamed into place when whole
-            await self._set_status(vm.id, S.STOPPED)
-            return
-        image = await self.images.get(vm.image_id)
-        if image.status is ImageStatus.DOWNLOADING:
-            return  # a live server's pull task finishes it (a restart marks such pulls failed)
-        if image.status is not ImageStatus.AVAILABLE:
-            why = image.status_reason or image.status.value
-            await self._set_status(vm.id, S.ERROR, f"image '{image.name}': {why}")
-            return
-        await self.driver.destroy(vm.id)  # at most a partial disk of this very create
-        try:
-            self._check_fits(image, vm.disk_gb)
-            await self.driver.prepare_disk(vm.id, self.images.media(image), vm.disk_gb)
-        except VoidVMError as exc:
-            await self._set_status(vm.id, S.ERROR, f"creation was interrupted: {exc.message}")
-            return
-        log.info("Finished the interrupted creation of VM %s", vm.id)
-        await self._set_status(vm.id, S.STOPPED)
-
-    # -- the database went away in the middle of an action -----------------------------------------
-    @contextlib.contextmanager
-    def _resync_if_the_database_fails(self, vm_id: str) -> Iterator[None]:
-        """When the database cannot take a state change (PostgreSQL restarting, ...), the row may
-        now disagree with the process and files: re-check that VM once the database is back."""
-        try:
-            yield
-        except BaseException as exc:
-            if isinstance(exc, ServiceUnavailableError) or database_unavailable(exc):
-                self._schedule_resync(vm_id)
-            raise
-
-    def _schedule_resync(self, vm_id: str) -> None:
-        if vm_id not in self._resyncing:
-            self._resyncing.add(vm_id)
-            self._spawn(self._resync(vm_id))
-
-    async def _resync(self, vm_id: str) -> None:
-        delay = RESYNC_FIRST_DELAY
-        try:
-            while True:
-                await asyncio.sleep(delay)
-                try:
-                    async with self._lock(vm_id):
-                        vm = await self._load(vm_id)
-                        if vm is None:
-                            self._locks.pop(vm_id, None)
-                            return
-                        await self._reconcile_one(vm, server_restarted=False)
-                    log.info("VM %s re-checked after the database came back", vm_id)
-                    return
-                except Exception as exc:
-                    if not (isinstance(exc, ServiceUnavailableError) or database_unavailable(exc)):
-                        log.warning("Re-checking VM %s failed", vm_id, exc_info=exc)
-                        return
-                    delay = min(delay * 2, RESYNC_MAX_DELAY)
-        finally:
-            self._resyncing.discard(vm_id)
 
     async def close(self) -> None:
         for task in list(self._tasks):

@@ -1,0 +1,147 @@
+"""Bringing VM rows back in line with processes and files: after a server restart
+(`reconcile`), and on a live server after the database failed under a state change (`resync`).
+
+A companion of VMService: it uses the service's state helpers and per-VM locks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from voidvm_server.domain.models import VM, ImageStatus, VMStatus
+from voidvm_server.errors import ServiceUnavailableError, VoidVMError
+from voidvm_server.persistence.engine import database_unavailable
+from voidvm_server.persistence.repositories import VMRepository
+from voidvm_server.services.clock import now
+
+if TYPE_CHECKING:
+    from voidvm_server.services.vms import VMService
+
+log = logging.getLogger(__name__)
+RESYNC_FIRST_DELAY, RESYNC_MAX_DELAY = 0.5, 10.0  # retrying a state the database did not take
+S = VMStatus
+
+
+class VMRecovery:
+    """Owned by one VMService; works through its state helpers and per-VM locks."""
+
+    def __init__(self, svc: VMService) -> None:
+        self.svc = svc
+        self._resyncing: set[str] = set()
+
+    # -- start-up reconciliation ---------------------------------------------------------------
+    async def reconcile(self) -> None:
+        """Match database rows, run directories and live processes after a (re)start."""
+        async with self.svc.db.session() as s:
+            vms = await VMRepository(s).all()
+        known = {vm.id for vm in vms}
+        for vm in vms:
+            try:
+                await self.reconcile_one(vm)
+            except Exception as exc:  # one VM must not keep the server from starting
+                message = exc.message if isinstance(exc, VoidVMError) else "internal error"
+                log.warning("Reconciling VM %s failed: %s", vm.id, message, exc_info=exc)
+                await self.svc._set_status(vm.id, S.ERROR, f"could not re-attach: {message}")
+        for orphan in set(self.svc.driver.known_run_dirs()) - known:
+            log.warning("Run directory %s belongs to no VM; leaving it untouched", orphan)
+
+    async def reconcile_one(self, vm: VM, *, server_restarted: bool = True) -> None:
+        """Bring one row in line with its process and files. Runs at start-up, and on a live
+        server for a VM whose last state change the database did not take."""
+        pid = await self.svc.driver.attach(vm.id)
+        if vm.status is S.DELETING:
+            if pid is not None:
+                await self.svc.driver.kill(vm.id)
+            await self.svc._remove(vm)
+            return
+        if pid is not None:
+            qemu = await self.svc.driver.query_status(vm.id)
+            status = S.PAUSED if qemu == "paused" else S.RUNNING
+            if vm.status is not status or vm.pid != pid:
+                await self.svc._set_status(vm.id, status, pid=pid, started_at=vm.started_at or now())
+            log.info("Re-attached to VM %s (pid %d)", vm.id, pid)
+            return
+        gone = {"pid": None, "ssh_port": None, "started_at": None}
+        meanwhile = "while the server was down" if server_restarted else "while the database was unavailable"
+        match vm.status:
+            case S.RUNNING | S.PAUSED:
+                await self.svc._set_status(vm.id, S.ERROR, f"the QEMU process ended {meanwhile}", **gone)
+            case S.STARTING | S.REBOOTING:
+                what = "start" if vm.status is S.STARTING else "restart"
+                await self.svc._set_status(vm.id, S.ERROR, f"the VM's {what} was interrupted {meanwhile}; "
+                                       "start it again", **gone)  # fmt: skip
+            case S.STOPPING:
+                await self.svc._set_status(vm.id, S.STOPPED, **gone)
+            case S.CREATING if server_restarted:
+                await self._finish_interrupted_create(vm)  # its client got no answer at all
+            case S.CREATING:
+                # Live: the create was answered with an error (the database failed under it),
+                # so it is undone, unless an image pull is still to finish it.
+                image = await self.svc.images.get(vm.image_id)
+                if image.status is not ImageStatus.DOWNLOADING:
+                    await self.svc._forget(vm)
+
+    async def _finish_interrupted_create(self, vm: VM) -> None:
+        """A create the server did not see through: its row and quota are there, maybe a disk."""
+        if self.svc.driver.has_disk(vm.id):  # complete: disks are renamed into place when whole
+            await self.svc._set_status(vm.id, S.STOPPED)
+            return
+        image = await self.svc.images.get(vm.image_id)
+        if image.status is ImageStatus.DOWNLOADING:
+            return  # a live server's pull task finishes it (a restart marks such pulls failed)
+        if image.status is not ImageStatus.AVAILABLE:
+            why = image.status_reason or image.status.value
+            await self.svc._set_status(vm.id, S.ERROR, f"image '{image.name}': {why}")
+            return
+        await self.svc.driver.destroy(vm.id)  # at most a partial disk of this very create
+        try:
+            self.svc._check_fits(image, vm.disk_gb)
+            await self.svc.driver.prepare_disk(vm.id, self.svc.images.media(image), vm.disk_gb)
+        except VoidVMError as exc:
+            await self.svc._set_status(vm.id, S.ERROR, f"creation was interrupted: {exc.message}")
+            return
+        log.info("Finished the interrupted creation of VM %s", vm.id)
+        await self.svc._set_status(vm.id, S.STOPPED)
+
+    # -- the database went away in the middle of an action -----------------------------------------
+    @contextlib.contextmanager
+    def resync_if_the_database_fails(self, vm_id: str) -> Iterator[None]:
+        """When the database cannot take a state change (PostgreSQL restarting, ...), the row may
+        now disagree with the process and files: re-check that VM once the database is back."""
+        try:
+            yield
+        except BaseException as exc:
+            if isinstance(exc, ServiceUnavailableError) or database_unavailable(exc):
+                self._schedule_resync(vm_id)
+            raise
+
+    def _schedule_resync(self, vm_id: str) -> None:
+        if vm_id not in self._resyncing:
+            self._resyncing.add(vm_id)
+            self.svc._spawn(self._resync(vm_id))
+
+    async def _resync(self, vm_id: str) -> None:
+        delay = RESYNC_FIRST_DELAY
+        try:
+            while True:
+                await asyncio.sleep(delay)
+                try:
+                    async with self.svc._lock(vm_id):
+                        vm = await self.svc._load(vm_id)
+                        if vm is None:
+                            self.svc._locks.pop(vm_id, None)
+                            return
+                        await self.reconcile_one(vm, server_restarted=False)
+                    log.info("VM %s re-checked after the database came back", vm_id)
+                    return
+                except Exception as exc:
+                    if not (isinstance(exc, ServiceUnavailableError) or database_unavailable(exc)):
+                        log.warning("Re-checking VM %s failed", vm_id, exc_info=exc)
+                        return
+                    delay = min(delay * 2, RESYNC_MAX_DELAY)
+        finally:
+            self._resyncing.discard(vm_id)
