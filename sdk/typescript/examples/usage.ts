@@ -82,7 +82,7 @@ const info = await client.system.info()
 const version = await client.system.version()
 const stats = await client.system.stats({ period: '24h' })
 await client.system.updateConfig({ limits: { requests_per_minute: 200 } })
-const audit = await client.system.logs({ page: 1, limit: 50, vm_id: vm.id })
+const audit = await client.system.logs({ page: 1, limit: 50, vm: vm.id })
 console.log(info, version.api_version, stats, audit.pagination.total)
 
 // API tokens for automation.

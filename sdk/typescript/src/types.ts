@@ -1,6 +1,10 @@
 /**
  * Shapes of the VoidVM API v1 (see docs/api.md). Fields the server may add later are allowed
  * through the index signatures only where the document leaves the object open (config, info, stats).
+ *
+ * The property names of the resources, request bodies and list parameters below are checked
+ * against the server's OpenAPI document by the server's tests/unit/test_sdk_type_drift.py (via
+ * scripts/type-fields.mjs): a field added, renamed or removed on one side only fails that test.
  */
 
 /** Success envelope: `{success: true, data, message, timestamp}`. */
@@ -57,6 +61,14 @@ export interface Quota {
   max_disk_gb: number;
 }
 
+/** What a user's VMs take up, counted against the quota. */
+export interface Usage {
+  vms: number;
+  cpus: number;
+  memory_mb: number;
+  disk_gb: number;
+}
+
 export interface User {
   id: string;
   username: string;
@@ -64,6 +76,7 @@ export interface User {
   role: Role;
   status: UserStatus;
   quota: Quota;
+  usage: Usage;
   created_at: string;
   updated_at: string;
   last_login_at: string | null;
@@ -104,8 +117,8 @@ export interface CreateUserRequest {
   quota?: Partial<Quota>;
 }
 
+/** Usernames cannot be changed. */
 export interface UpdateUserRequest {
-  username?: string;
   email?: string | null;
   password?: string;
   role?: Role;
@@ -113,11 +126,8 @@ export interface UpdateUserRequest {
   quota?: Partial<Quota>;
 }
 
-export interface UserListParams extends PageParams {
-  search?: string;
-  role?: Role;
-  status?: UserStatus;
-}
+/** `GET /users` takes only the page parameters. */
+export interface UserListParams extends PageParams {}
 
 export interface UserPage {
   users: User[];
@@ -146,18 +156,24 @@ export interface VMPorts {
 export interface VM {
   id: string;
   name: string;
-  description: string | null;
+  description: string;
   status: VMStatus;
   cpu: number;
   /** Memory in MB. */
   memory: number;
   /** Disk size in GB. */
   disk: number;
-  os: string | null;
-  image: string | null;
+  /** The image name or alias the VM was created with. */
+  os: string;
+  /** The image's id. */
+  image: string;
+  /** The owner's username. */
   owner: string;
+  owner_id: string;
+  /** The guest's address while QEMU runs. */
   ip: string | null;
-  ports: VMPorts | null;
+  /** Forwarded host ports; `{}` when none. */
+  ports: VMPorts;
   status_reason: string | null;
   created_at: string;
   updated_at: string;
@@ -224,16 +240,20 @@ export interface VMLiveStatus {
   status_reason: string | null;
   pid: number | null;
   qemu_status: string | null;
-  uptime: number | null;
+  /** Seconds since the start; 0 when not running. */
+  uptime: number;
 }
 
 export interface VMMetrics {
   vm_id: string;
+  status: VMStatus;
   cpu_percent: number;
   memory: { used_mb: number; total_mb: number };
   disk: { read_bytes: number; write_bytes: number };
-  network: { rx_bytes: number; tx_bytes: number };
-  uptime: number | null;
+  /** `null` when the hypervisor does not report network counters. */
+  network: { rx_bytes: number | null; tx_bytes: number | null };
+  /** Seconds. */
+  uptime: number;
   timestamp: string;
 }
 
@@ -253,8 +273,11 @@ export type ConsoleType = 'serial' | 'vnc';
 
 export interface ConsoleTicket {
   ticket: string;
+  /** The WebSocket URL to open, ticket included. */
   url: string;
+  /** Seconds. */
   expires_in: number;
+  type: ConsoleType;
 }
 
 export interface WaitForOptions {
@@ -276,10 +299,10 @@ export interface Image {
   aliases: string[];
   format: ImageFormat;
   status: ImageStatus;
-  size_bytes: number | null;
-  virtual_size_bytes: number | null;
+  size_bytes: number;
+  virtual_size_bytes: number;
   is_default: boolean;
-  source: string | null;
+  source: string;
   status_reason: string | null;
   created_at: string;
 }
@@ -287,16 +310,18 @@ export interface Image {
 /** JSON import: from a URL, or from a server-side path (admins). */
 export interface CreateImageRequest {
   name: string;
-  format: ImageFormat;
+  format: Exclude<ImageFormat, 'kernel'>;
   url?: string;
   path?: string;
   aliases?: string[];
+  /** Make it the default image (used when a VM is created without `os`). */
+  default?: boolean;
 }
 
 /** Raw-bytes upload to POST /images/upload. */
 export interface UploadImageRequest {
   name: string;
-  format: ImageFormat;
+  format: Exclude<ImageFormat, 'kernel'>;
   file: Blob | Uint8Array | ArrayBuffer;
 }
 
@@ -334,24 +359,36 @@ export interface PermissionInfo {
 }
 
 export interface AuditLogEntry {
-  id?: string | number;
-  timestamp?: string;
-  level?: string;
-  user_id?: string | null;
-  vm_id?: string | null;
-  action?: string;
-  message?: string;
-  [key: string]: unknown;
+  id: number;
+  timestamp: string;
+  /** `info` (success) or `warning` (failure). */
+  level: string;
+  user_id: string | null;
+  username: string | null;
+  client_ip: string | null;
+  /** e.g. `vm.start`, `auth.login`. */
+  action: string;
+  /** `vm`, `user`, `image`, `config`, ... */
+  target_type: string | null;
+  target_id: string | null;
+  /** `success` or `failure`. */
+  result: string;
+  message: string;
+  request_id: string | null;
 }
 
 export interface AuditLogParams extends PageParams {
   level?: string;
-  from?: string;
-  to?: string;
+  /** e.g. `vm.start`. */
+  action?: string;
+  /** Admins: a user id (others always see their own entries). */
   user?: string;
-  user_id?: string;
-  vm_id?: string;
-  [key: string]: string | number | boolean | undefined;
+  /** A VM id (entries whose target is that VM). */
+  vm?: string;
+  /** ISO 8601; entries at or after. */
+  from?: string;
+  /** ISO 8601; entries at or before. */
+  to?: string;
 }
 
 export interface AuditLogPage {

@@ -3,7 +3,9 @@
 //   VOIDVM_E2E_URL=http://localhost:3000/api/v1 VOIDVM_E2E_TOKEN=<jwt or vvm_ token> npm test
 //
 // (VOIDVM_E2E_USERNAME / VOIDVM_E2E_PASSWORD may replace the token.) Creates one VM with the
-// seed's body (named 'my-vm' unless that name is taken), starts it, and deletes it again.
+// seed's body (named 'my-vm' unless that name is taken), starts it, and deletes it again; then a
+// small VM on the default image (VoidVM's built-in tiny guest), and types a command into its serial
+// console. VOIDVM_TEST_TIMEOUT_SCALE (e.g. 3) stretches the waits for slow software emulation.
 import assert from 'node:assert/strict';
 import { after, test } from 'node:test';
 import { NotFoundError, VoidVMClient } from '@void-vm/sdk';
@@ -17,6 +19,10 @@ const skip = !baseURL
   : !token && !(username && password)
     ? 'set VOIDVM_E2E_TOKEN (or VOIDVM_E2E_USERNAME and VOIDVM_E2E_PASSWORD)'
     : false;
+
+const scale = Number(process.env.VOIDVM_TEST_TIMEOUT_SCALE ?? '1') || 1;
+/** The tiny guest's boot to a shell prompt, under software emulation (tcg) at worst. */
+const BOOT_MS = 90_000 * scale;
 
 const created = [];
 let client;
@@ -73,4 +79,40 @@ test('e2e: events socket accepts a subscription', { skip, timeout: 30_000 }, asy
   const client = await getClient();
   const sub = await client.events.subscribe('vm-status-all', () => {});
   sub.unsubscribe();
+});
+
+test('e2e: console round trip with the tiny guest', { skip, timeout: BOOT_MS + 120_000 * scale }, async (t) => {
+  const client = await getClient();
+  const image = (await client.images.list()).find((i) => i.is_default);
+  if (!image || !(image.name === 'tiny' || image.aliases.includes('voidvm-tiny'))) {
+    t.skip(`the server's default image is ${image?.name ?? 'missing'}, not VoidVM's tiny guest`);
+    return;
+  }
+  const vm = await client.vms.create({ name: `sdk-console-${Date.now().toString(36)}`, cpu: 1, memory: 256, disk: 1 });
+  created.push(vm.id);
+  assert.equal(vm.image, image.id);
+  assert.equal((await client.vms.start(vm.id)).status, 'running');
+
+  const session = await client.console(vm.id);
+  let output = '';
+  session.onOutput((chunk) => {
+    output += chunk;
+  });
+  try {
+    // Output from before the attach is replayed, so the banner is seen however fast the boot was.
+    await session.waitForOutput('VoidVM tiny guest ready', BOOT_MS);
+    await session.waitForOutput('#', BOOT_MS); // the shell's prompt
+    session.write('echo MARK-$((6*7))\n');
+    // The echoed command line reads MARK-$((6*7)): only the shell's answer matches.
+    await session.waitForOutput('MARK-42', 30_000 * scale);
+  } catch (err) {
+    err.message += `\n--- console output ---\n${output.slice(-2000)}`;
+    throw err;
+  } finally {
+    session.close();
+  }
+
+  await client.vms.delete(vm.id, { force: true });
+  created.splice(created.indexOf(vm.id), 1);
+  await assert.rejects(client.vms.get(vm.id), NotFoundError);
 });

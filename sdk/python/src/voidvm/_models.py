@@ -89,8 +89,9 @@ class VM(Record):
     os: str | None
     image: str | None
     owner: str
+    owner_id: str
     ip: str | None
-    ports: Record | None
+    ports: Record
     status_reason: str | None
     created_at: str
     updated_at: str
@@ -105,18 +106,19 @@ class VMStatus(Record):
     status_reason: str | None
     pid: int | None
     qemu_status: str | None
-    uptime: float | None
+    uptime: float
 
 
 class VMMetrics(Record):
     """Resource usage (``GET /vms/{id}/metrics``)."""
 
     vm_id: str
+    status: str
     cpu_percent: float
     memory: Record
     disk: Record
     network: Record
-    uptime: float | None
+    uptime: float
     timestamp: str
 
 
@@ -153,6 +155,7 @@ class User(Record):
     role: str
     status: str
     quota: Record
+    usage: Record
     created_at: str
     updated_at: str
     last_login_at: str | None

@@ -8,11 +8,20 @@ from fastapi.responses import JSONResponse
 from voidvm_server.api.deps import ContainerDep, CurrentPrincipal, client_budget
 from voidvm_server.api.envelope import ok
 from voidvm_server.api.presenters import token_json, user_json
+from voidvm_server.api.response_models import (
+    ERROR_RESPONSES,
+    ApiTokenList,
+    CreatedApiToken,
+    EmptyEnvelope,
+    Envelope,
+    LoginEnvelope,
+    UserPublic,
+)
 from voidvm_server.api.schemas import ApiTokenCreate, LoginRequest, PasswordChange, RefreshRequest
 from voidvm_server.errors import VoidVMError
 from voidvm_server.services.auth import LoginResult
 
-router = APIRouter(prefix="/auth", tags=["auth"])
+router = APIRouter(prefix="/auth", tags=["auth"], responses=ERROR_RESPONSES)
 
 
 def _login_response(result: LoginResult, container: ContainerDep) -> JSONResponse:
@@ -27,7 +36,7 @@ def _login_response(result: LoginResult, container: ContainerDep) -> JSONRespons
     return ok(data, "Login successful", token=result.tokens.access)
 
 
-@router.post("/login", dependencies=[Depends(client_budget)])
+@router.post("/login", dependencies=[Depends(client_budget)], responses={200: {"model": LoginEnvelope}})
 async def login(body: LoginRequest, request: Request, container: ContainerDep) -> JSONResponse:
     client = request.client.host if request.client else "unknown"
     try:
@@ -42,24 +51,24 @@ async def login(body: LoginRequest, request: Request, container: ContainerDep) -
     return _login_response(result, container)
 
 
-@router.post("/refresh", dependencies=[Depends(client_budget)])
+@router.post("/refresh", dependencies=[Depends(client_budget)], responses={200: {"model": LoginEnvelope}})
 async def refresh(body: RefreshRequest, container: ContainerDep) -> JSONResponse:
     return _login_response(await container.auth.refresh(body.refresh_token), container)
 
 
-@router.post("/logout")
+@router.post("/logout", responses={200: {"model": EmptyEnvelope}})
 async def logout(principal: CurrentPrincipal, container: ContainerDep) -> JSONResponse:
     await container.auth.logout(principal)
     await container.audit.record("auth.logout", user=principal.user)
     return ok(None, "Logged out")
 
 
-@router.get("/me")
+@router.get("/me", responses={200: {"model": Envelope[UserPublic]}})
 async def me(principal: CurrentPrincipal) -> JSONResponse:
     return ok(user_json(principal.user))
 
 
-@router.put("/password")
+@router.put("/password", responses={200: {"model": EmptyEnvelope}})
 async def change_password(
     body: PasswordChange, principal: CurrentPrincipal, container: ContainerDep
 ) -> JSONResponse:
@@ -70,13 +79,13 @@ async def change_password(
     return ok(None, "Password changed; sign in again")
 
 
-@router.get("/tokens")
+@router.get("/tokens", responses={200: {"model": Envelope[ApiTokenList]}})
 async def list_tokens(principal: CurrentPrincipal, container: ContainerDep) -> JSONResponse:
     tokens = await container.auth.list_api_tokens(principal.user)
     return ok({"tokens": [token_json(t) for t in tokens]})
 
 
-@router.post("/tokens", status_code=201)
+@router.post("/tokens", status_code=201, responses={201: {"model": Envelope[CreatedApiToken]}})
 async def create_token(
     body: ApiTokenCreate, principal: CurrentPrincipal, container: ContainerDep
 ) -> JSONResponse:
@@ -85,7 +94,7 @@ async def create_token(
     return ok({**token_json(record), "token": token}, "Token created; it is shown only once", 201)
 
 
-@router.delete("/tokens/{token_id}")
+@router.delete("/tokens/{token_id}", responses={200: {"model": EmptyEnvelope}})
 async def revoke_token(token_id: str, principal: CurrentPrincipal, container: ContainerDep) -> JSONResponse:
     await container.auth.revoke_api_token(principal.user, token_id)
     await container.audit.record("auth.token.revoke", user=principal.user, target_id=token_id)

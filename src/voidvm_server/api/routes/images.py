@@ -10,26 +10,27 @@ from fastapi.responses import JSONResponse
 from voidvm_server.api.deps import AdminPrincipal, ContainerDep, CurrentPrincipal
 from voidvm_server.api.envelope import ok
 from voidvm_server.api.presenters import image_json
+from voidvm_server.api.response_models import ERROR_RESPONSES, EmptyEnvelope, Envelope, ImageList, ImagePublic
 from voidvm_server.api.schemas import ImageImport
 from voidvm_server.domain.models import ImageFormat
 from voidvm_server.errors import ValidationError
 from voidvm_server.services.images import ImageSource
 
-router = APIRouter(prefix="/images", tags=["images"])
+router = APIRouter(prefix="/images", tags=["images"], responses=ERROR_RESPONSES)
 UPLOAD_PATH = "/api/v1/images/upload"
 
 
-@router.get("")
+@router.get("", responses={200: {"model": Envelope[ImageList]}})
 async def list_images(_p: CurrentPrincipal, container: ContainerDep) -> JSONResponse:
     return ok({"images": [image_json(i) for i in await container.images.list()]})
 
 
-@router.get("/{image_id}")
+@router.get("/{image_id}", responses={200: {"model": Envelope[ImagePublic]}})
 async def get_image(image_id: str, _p: CurrentPrincipal, container: ContainerDep) -> JSONResponse:
     return ok(image_json(await container.images.get(image_id)))
 
 
-@router.post("", status_code=201)
+@router.post("", status_code=201, responses={201: {"model": Envelope[ImagePublic]}})
 async def import_image(body: ImageImport, admin: AdminPrincipal, container: ContainerDep) -> JSONResponse:
     if (body.url is None) == (body.path is None):
         raise ValidationError("url", "give exactly one of 'url' or 'path' (or use /images/upload)")
@@ -42,7 +43,7 @@ async def import_image(body: ImageImport, admin: AdminPrincipal, container: Cont
     return ok(image_json(image), "Image imported", 201)
 
 
-@router.post("/upload", status_code=201)
+@router.post("/upload", status_code=201, responses={201: {"model": Envelope[ImagePublic]}})
 async def upload_image(
     request: Request, admin: AdminPrincipal, container: ContainerDep, name: str, format: str
 ) -> JSONResponse:
@@ -61,7 +62,7 @@ async def upload_image(
     return ok(image_json(image), "Image uploaded", 201)
 
 
-@router.delete("/{image_id}")
+@router.delete("/{image_id}", responses={200: {"model": EmptyEnvelope}})
 async def delete_image(image_id: str, admin: AdminPrincipal, container: ContainerDep) -> JSONResponse:
     await container.images.delete(image_id)
     await container.audit.record("image.delete", user=admin.user, target_type="image",

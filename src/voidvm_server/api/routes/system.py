@@ -16,17 +16,35 @@ from voidvm_server import API_VERSION, __version__
 from voidvm_server.api.deps import AdminPrincipal, ContainerDep, CurrentPrincipal
 from voidvm_server.api.envelope import fail, ok
 from voidvm_server.api.presenters import audit_json, pagination
+from voidvm_server.api.response_models import (
+    ERROR_RESPONSES,
+    AuditLogList,
+    Envelope,
+    ErrorEnvelope,
+    HealthStatus,
+    LiveConfig,
+    ReadyStatus,
+    SystemInfo,
+    SystemStats,
+    VersionInfo,
+)
 from voidvm_server.services.monitor import PERIODS
 
-router = APIRouter(tags=["system"])
+router = APIRouter(tags=["system"], responses=ERROR_RESPONSES)
 
 
-@router.get("/health")
+@router.get("/health", responses={200: {"model": Envelope[HealthStatus]}})
 async def health() -> JSONResponse:
     return ok({"status": "ok"})
 
 
-@router.get("/ready")
+@router.get(
+    "/ready",
+    responses={
+        200: {"model": Envelope[ReadyStatus]},
+        503: {"model": ErrorEnvelope, "description": "SERVICE_UNAVAILABLE; `details` holds the checks"},
+    },
+)
 async def ready(container: ContainerDep) -> JSONResponse:
     checks: dict[str, str] = {}
     try:
@@ -40,12 +58,12 @@ async def ready(container: ContainerDep) -> JSONResponse:
     return fail(503, "SERVICE_UNAVAILABLE", "Not ready", checks)
 
 
-@router.get("/system/version")
+@router.get("/system/version", responses={200: {"model": Envelope[VersionInfo]}})
 async def version(_p: CurrentPrincipal) -> JSONResponse:
     return ok({"version": __version__, "api_version": API_VERSION})
 
 
-@router.get("/system/info")
+@router.get("/system/info", responses={200: {"model": Envelope[SystemInfo]}})
 async def info(_p: CurrentPrincipal, container: ContainerDep) -> JSONResponse:
     memory = psutil.virtual_memory()
     disk = psutil.disk_usage(str(container.settings.data_dir))
@@ -77,7 +95,7 @@ async def info(_p: CurrentPrincipal, container: ContainerDep) -> JSONResponse:
     return ok(data)
 
 
-@router.get("/system/stats")
+@router.get("/system/stats", responses={200: {"model": Envelope[SystemStats]}})
 async def stats(
     _admin: AdminPrincipal,
     container: ContainerDep,
@@ -94,12 +112,12 @@ async def stats(
     })  # fmt: skip
 
 
-@router.get("/config")
+@router.get("/config", responses={200: {"model": Envelope[LiveConfig]}})
 async def get_config(_admin: AdminPrincipal, container: ContainerDep) -> JSONResponse:
     return ok(container.live.current.model_dump())
 
 
-@router.put("/config")
+@router.put("/config", responses={200: {"model": Envelope[LiveConfig]}})
 @router.patch("/config", include_in_schema=False)
 async def put_config(
     admin: AdminPrincipal, container: ContainerDep, patch: dict[str, Any] = Body(...)
@@ -110,7 +128,7 @@ async def put_config(
     return ok(updated.model_dump(), "Configuration updated")
 
 
-@router.get("/logs")
+@router.get("/logs", responses={200: {"model": Envelope[AuditLogList]}})
 async def logs(
     principal: CurrentPrincipal,
     container: ContainerDep,

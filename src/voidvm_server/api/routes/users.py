@@ -8,15 +8,24 @@ from fastapi.responses import JSONResponse
 from voidvm_server.api.deps import AdminPrincipal, ContainerDep
 from voidvm_server.api.envelope import ok
 from voidvm_server.api.presenters import pagination, user_json
+from voidvm_server.api.response_models import (
+    ERROR_RESPONSES,
+    EmptyEnvelope,
+    Envelope,
+    PermissionList,
+    RoleList,
+    UserList,
+    UserPublic,
+)
 from voidvm_server.api.schemas import UserCreate, UserUpdate
 from voidvm_server.auth.permissions import PERMISSIONS, ROLE_PERMISSIONS
 from voidvm_server.domain.models import Role, UserStatus
 from voidvm_server.services.users import UserChanges
 
-router = APIRouter(tags=["users"])
+router = APIRouter(tags=["users"], responses=ERROR_RESPONSES)
 
 
-@router.get("/users")
+@router.get("/users", responses={200: {"model": Envelope[UserList]}})
 async def list_users(
     _admin: AdminPrincipal,
     container: ContainerDep,
@@ -27,7 +36,7 @@ async def list_users(
     return ok({"users": [user_json(u) for u in users], "pagination": pagination(page, limit, total)})
 
 
-@router.post("/users", status_code=201)
+@router.post("/users", status_code=201, responses={201: {"model": Envelope[UserPublic]}})
 async def create_user(body: UserCreate, admin: AdminPrincipal, container: ContainerDep) -> JSONResponse:
     user = await container.users.create(
         body.username,
@@ -40,12 +49,12 @@ async def create_user(body: UserCreate, admin: AdminPrincipal, container: Contai
     return ok(user_json(user), "User created", 201)
 
 
-@router.get("/users/{user_id}")
+@router.get("/users/{user_id}", responses={200: {"model": Envelope[UserPublic]}})
 async def get_user(user_id: str, _admin: AdminPrincipal, container: ContainerDep) -> JSONResponse:
     return ok(user_json(await container.users.get(user_id)))
 
 
-@router.put("/users/{user_id}")
+@router.put("/users/{user_id}", responses={200: {"model": Envelope[UserPublic]}})
 @router.patch("/users/{user_id}", include_in_schema=False)
 async def update_user(
     user_id: str, body: UserUpdate, admin: AdminPrincipal, container: ContainerDep
@@ -62,14 +71,14 @@ async def update_user(
     return ok(user_json(user), "User updated")
 
 
-@router.delete("/users/{user_id}")
+@router.delete("/users/{user_id}", responses={200: {"model": EmptyEnvelope}})
 async def delete_user(user_id: str, admin: AdminPrincipal, container: ContainerDep) -> JSONResponse:
     await container.users.delete(user_id, admin.id)
     await container.audit.record("user.delete", user=admin.user, target_type="user", target_id=user_id)
     return ok(None, "User deleted")
 
 
-@router.get("/roles")
+@router.get("/roles", responses={200: {"model": Envelope[RoleList]}})
 async def roles(_admin: AdminPrincipal) -> JSONResponse:
     return ok({
         "roles": [
@@ -79,6 +88,6 @@ async def roles(_admin: AdminPrincipal) -> JSONResponse:
     })  # fmt: skip
 
 
-@router.get("/permissions")
+@router.get("/permissions", responses={200: {"model": Envelope[PermissionList]}})
 async def permissions(_admin: AdminPrincipal) -> JSONResponse:
     return ok({"permissions": [{"id": k, "description": v} for k, v in PERMISSIONS.items()]})

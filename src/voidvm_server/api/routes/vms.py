@@ -11,12 +11,23 @@ from fastapi.responses import JSONResponse
 from voidvm_server.api.deps import ContainerDep, CurrentPrincipal, bearer_token
 from voidvm_server.api.envelope import ok
 from voidvm_server.api.presenters import pagination, stats_json, vm_json
+from voidvm_server.api.response_models import (
+    ERROR_RESPONSES,
+    ConsoleLog,
+    ConsoleTicket,
+    DeletedVM,
+    Envelope,
+    VMList,
+    VMLiveStatus,
+    VMMetrics,
+    VMPublic,
+)
 from voidvm_server.api.schemas import Body, VMActionBody, VMCreateBody, VMUpdateBody
 from voidvm_server.errors import InvalidStateError
 from voidvm_server.services.clock import now
 from voidvm_server.services.vms import VMCreate, VMQuery, VMUpdate
 
-router = APIRouter(prefix="/vms", tags=["vms"])
+router = APIRouter(prefix="/vms", tags=["vms"], responses=ERROR_RESPONSES)
 Action = Literal["start", "stop", "restart", "pause", "resume", "reset"]
 DONE = {
     "start": "VM started",
@@ -28,7 +39,7 @@ DONE = {
 }
 
 
-@router.get("")
+@router.get("", responses={200: {"model": Envelope[VMList]}})
 async def list_vms(
     principal: CurrentPrincipal,
     container: ContainerDep,
@@ -51,7 +62,7 @@ async def list_vms(
     return ok({"vms": [vm_json(v) for v in vms], "pagination": pagination(page, limit, total)})
 
 
-@router.post("", status_code=201)
+@router.post("", status_code=201, responses={201: {"model": Envelope[VMPublic]}})
 async def create_vm(body: VMCreateBody, principal: CurrentPrincipal, container: ContainerDep) -> JSONResponse:
     spec = VMCreate(
         name=body.name,
@@ -72,13 +83,13 @@ async def create_vm(body: VMCreateBody, principal: CurrentPrincipal, container: 
     return ok(vm_json(vm), "Virtual machine created", 201)
 
 
-@router.get("/{vm_id}")
+@router.get("/{vm_id}", responses={200: {"model": Envelope[VMPublic]}})
 async def get_vm(vm_id: str, principal: CurrentPrincipal, container: ContainerDep) -> JSONResponse:
     return ok(vm_json(await container.vms.get(principal, vm_id)))
 
 
-@router.put("/{vm_id}")
-@router.patch("/{vm_id}")
+@router.put("/{vm_id}", responses={200: {"model": Envelope[VMPublic]}})
+@router.patch("/{vm_id}", responses={200: {"model": Envelope[VMPublic]}})
 async def update_vm(
     vm_id: str, body: VMUpdateBody, principal: CurrentPrincipal, container: ContainerDep
 ) -> JSONResponse:
@@ -88,7 +99,7 @@ async def update_vm(
     return ok(vm_json(vm), "Virtual machine updated")
 
 
-@router.delete("/{vm_id}")
+@router.delete("/{vm_id}", responses={200: {"model": Envelope[DeletedVM]}})
 async def delete_vm(
     vm_id: str,
     principal: CurrentPrincipal,
@@ -134,7 +145,14 @@ def _register(action: Action) -> None:
 
     endpoint.__name__ = f"{action}_vm"
     router.add_api_route(
-        f"/{{vm_id}}/{action}", endpoint, methods=["POST"], summary=f"{action.capitalize()} a VM"
+        f"/{{vm_id}}/{action}",
+        endpoint,
+        methods=["POST"],
+        summary=f"{action.capitalize()} a VM",
+        responses={
+            200: {"model": Envelope[VMPublic], "description": "The target state was reached"},
+            202: {"model": Envelope[VMPublic], "description": "Accepted (`wait: false`)"},
+        },
     )
 
 
@@ -142,18 +160,18 @@ for _name in DONE:
     _register(_name)  # type: ignore[arg-type]
 
 
-@router.get("/{vm_id}/status")
+@router.get("/{vm_id}/status", responses={200: {"model": Envelope[VMLiveStatus]}})
 async def vm_status(vm_id: str, principal: CurrentPrincipal, container: ContainerDep) -> JSONResponse:
     return ok(await container.vms.live_status(principal, vm_id))
 
 
-@router.get("/{vm_id}/metrics")
+@router.get("/{vm_id}/metrics", responses={200: {"model": Envelope[VMMetrics]}})
 async def vm_metrics(vm_id: str, principal: CurrentPrincipal, container: ContainerDep) -> JSONResponse:
     vm, stats = await container.vms.stats(principal, vm_id)
     return ok(stats_json(vm, stats, now()))
 
 
-@router.get("/{vm_id}/console/log")
+@router.get("/{vm_id}/console/log", responses={200: {"model": Envelope[ConsoleLog]}})
 async def console_log(
     vm_id: str,
     principal: CurrentPrincipal,
@@ -181,7 +199,7 @@ class ConsoleTicketBody(Body):
     type: Literal["serial", "vnc"] = "serial"
 
 
-@router.post("/{vm_id}/console", status_code=201)
+@router.post("/{vm_id}/console", status_code=201, responses={201: {"model": Envelope[ConsoleTicket]}})
 async def console_ticket(
     vm_id: str,
     request: Request,
