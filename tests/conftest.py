@@ -7,9 +7,11 @@ the real QEMU driver and the tiny guest image, for integration tests.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import secrets
 import shutil
+import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -217,3 +219,28 @@ async def api_any_db(tmp_path: Path, database_url: str) -> AsyncIterator[Api]:
     settings = make_settings(tmp_path, database_url=database_url)
     async with running_api(settings, fake_driver_factory, None) as running:
         yield running
+
+
+async def serial_command(socket_path: Path, command: str, timeout: float = 30 * TCG_SCALE) -> str:
+    """Type `command` into a guest's shell straight through its serial socket (no server) and
+    return its output; the markers are computed by the shell so the echo never matches them."""
+    reader, writer = await asyncio.open_unix_connection(str(socket_path))
+    token = f"{os.getpid() % 1000}{time.monotonic_ns() % 100000}"
+    start, end = f"<<{int(token) + 1}>>", f"<<{int(token) + 2}>>"
+    buffer = b""
+    try:
+        writer.write(f"\necho '<<'$(({token}+1))'>>'; {command}; echo '<<'$(({token}+2))'>>'\n".encode())
+        await writer.drain()
+        async with asyncio.timeout(timeout):
+            while end.encode() not in buffer:
+                chunk = await reader.read(4096)
+                if not chunk:
+                    break
+                buffer += chunk
+    finally:
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+    text = buffer.decode(errors="replace").replace("\r", "")
+    assert start in text and end in text, f"no answer to {command!r}: {text[-500:]!r}"
+    return text.split(start, 1)[1].split(end, 1)[0].strip()

@@ -8,14 +8,13 @@ import time
 import pytest
 from websockets.asyncio.client import connect
 
-from tests.conftest import TCG_SCALE
+from tests.conftest import TCG_SCALE, serial_command
 from tests.faults.conftest import (
     READY_LINE,
     ServerFactory,
     assert_consistent,
     metric,
     qemu_pids,
-    serial_command,
 )
 from tests.integration.conftest import wait_gone
 

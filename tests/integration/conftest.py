@@ -20,7 +20,7 @@ import httpx
 import pytest
 from asgi_lifespan import LifespanManager
 
-from tests.conftest import TCG_SCALE, Api, auth, make_settings
+from tests.conftest import TCG_SCALE, Api, auth, make_settings, serial_command
 from voidvm_server.api.app import create_app
 from voidvm_server.api.container import Container
 from voidvm_server.config import Settings
@@ -104,32 +104,8 @@ async def wait_status(
 
 
 async def serial_run(api: Api, vm_id: str, command: str, timeout: float = 30 * TCG_SCALE) -> str:
-    """Type `command` into the guest's root shell and return its output (between two markers).
-
-    The marker is built by the shell (`$((...))`) so the echo of the typed line never matches it.
-    """
-    path = api.container.driver.serial_socket(vm_id)
-    reader, writer = await asyncio.open_unix_connection(str(path))
-    token = f"{os.getpid()}{time.monotonic_ns() % 100000}"
-    start, end = f"<<{int(token) + 1}>>", f"<<{int(token) + 2}>>"
-    line = f"echo '<<'$(({token}+1))'>>'; {command}; echo '<<'$(({token}+2))'>>'\n"
-    buffer = b""
-    try:
-        writer.write(b"\n" + line.encode())
-        await writer.drain()
-        async with asyncio.timeout(timeout):
-            while end.encode() not in buffer:
-                chunk = await reader.read(4096)
-                if not chunk:
-                    break
-                buffer += chunk
-    finally:
-        writer.close()
-        with contextlib.suppress(OSError):
-            await writer.wait_closed()
-    text = buffer.decode(errors="replace").replace("\r", "")
-    assert start in text and end in text, f"no answer to {command!r}: {text[-500:]!r}"
-    return text.split(start, 1)[1].split(end, 1)[0].strip()
+    """Type `command` into the guest's root shell and return its output (between two markers)."""
+    return await serial_command(api.container.driver.serial_socket(vm_id), command, timeout)
 
 
 async def serial_send(api: Api, vm_id: str, text: str, expect: str, timeout: float = 30 * TCG_SCALE) -> str:
