@@ -20,6 +20,7 @@ from voidvm_server.services import context
 
 log = logging.getLogger("voidvm_server.access")
 SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+VM_IN_PATH = re.compile(r"/vms/(vm-[0-9a-f]{12})(?:/|$)")
 
 
 def _route_label(scope: Scope, api_prefix: str) -> str:
@@ -69,6 +70,8 @@ class RequestContextMiddleware:
         context.request_id.set(request_id)
         context.client_ip.set(client[0] if client else None)
         context.user_name.set(None)
+        vm_match = VM_IN_PATH.search(scope["path"])
+        context.vm_id.set(vm_match.group(1) if vm_match else None)
         scope.setdefault("state", {})["request_id"] = request_id
         started = time.perf_counter()
         status_holder = {"status": 500, "sent": False}

@@ -10,3 +10,4 @@ from contextvars import ContextVar
 request_id: ContextVar[str | None] = ContextVar("request_id", default=None)
 client_ip: ContextVar[str | None] = ContextVar("client_ip", default=None)
 user_name: ContextVar[str | None] = ContextVar("user_name", default=None)
+vm_id: ContextVar[str | None] = ContextVar("vm_id", default=None)
