@@ -338,7 +338,13 @@ class VMService:
 
         match action:
             case "start":
-                return _Work(lambda: self._set_status(vm.id, S.STARTING), lambda: self._start(vm))
+                # The port QEMU will forward is recorded with the intent (one write, not two),
+                # so a server killed after the spawn still knows it.
+                port = free_loopback_port()
+                return _Work(
+                    lambda: self._set_status(vm.id, S.STARTING, ssh_port=port),
+                    lambda: self._start(vm, port),
+                )
             case "stop":
                 return _Work(
                     lambda: self._set_status(vm.id, S.STOPPING),
@@ -357,14 +363,16 @@ class VMService:
                 return _Work(same, lambda: self._simple(vm, self.driver.reset, vm.status))
         raise ValidationError("action", f"unknown action '{action}'")
 
-    async def _start(self, vm: VM) -> VM:
+    async def _start(self, vm: VM, ssh_port: int | None = None) -> VM:
+        """Spawn the VM's QEMU. `ssh_port` is given when the intent already recorded it."""
         try:
             image = await self.images.get(vm.image_id)
-            ssh_port = free_loopback_port()
+            if ssh_port is None:
+                ssh_port = free_loopback_port()
+                # Intent first: a server killed after the spawn finds the port QEMU forwards.
+                async with self.db.session() as s:
+                    await VMRepository(s).update(vm.id, ssh_port=ssh_port)
             spec = VMSpec(vm.id, vm.cpu, vm.memory_mb, self.images.media(image), ssh_port)
-            # Intent first: a server killed after the spawn finds the port QEMU forwards.
-            async with self.db.session() as s:
-                await VMRepository(s).update(vm.id, ssh_port=ssh_port)
             await self._test_pause("before-spawn")
             pid = await self.driver.start(spec)
         except BaseException as exc:
