@@ -54,6 +54,15 @@ class AuthError(VoidVMError):
     code = "UNAUTHORIZED"
 
 
+class AccountDisabledError(AuthError):
+    """A valid credential of a disabled account: 403 over HTTP, and it closes WebSockets."""
+
+    code = "ACCOUNT_DISABLED"
+
+    def __init__(self, message: str = "The account is disabled") -> None:
+        super().__init__(message)
+
+
 class ForbiddenError(VoidVMError):
     code = "FORBIDDEN"
 

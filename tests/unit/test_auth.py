@@ -194,3 +194,28 @@ async def test_jwt_secret_is_generated_once_with_mode_0600(tmp_path: object) -> 
     first = load_or_create_secret(data)
     assert load_or_create_secret(data) == first
     assert (data / "jwt-secret").stat().st_mode & 0o777 == 0o600
+
+
+async def test_a_password_change_ends_api_tokens_too(api: Api) -> None:
+    token = await api.login()
+    created = await api.client.post("/api/v1/auth/tokens", json={"name": "ci"}, headers=auth(token))
+    api_token = created.json()["data"]["token"]
+    await api.client.put(
+        "/api/v1/auth/password",
+        json={"current_password": "admin123", "new_password": "a-much-better-one"},
+        headers=auth(token),
+    )
+    assert (await api.client.get(ME, headers=auth(api_token))).status_code == 401
+
+
+async def test_a_disabled_users_api_token_answers_403(api: Api) -> None:
+    admin = await api.login()
+    user = await api.create_user(admin, "dora")
+    token = await api.login("dora", "password-123")
+    api_token = (
+        await api.client.post("/api/v1/auth/tokens", json={"name": "x"}, headers=auth(token))
+    ).json()["data"]["token"]
+    await api.client.put(f"/api/v1/users/{user['id']}", json={"status": "disabled"}, headers=auth(admin))
+    refused = await api.client.get(ME, headers=auth(api_token))
+    assert refused.status_code == 403
+    assert refused.json()["error"]["code"] == "ACCOUNT_DISABLED"

@@ -193,3 +193,24 @@ async def test_prometheus_metrics_parse_and_count(api: Api, admin_token: str) ->
     assert requests and requests[0].value >= 1 and requests[0].labels["status"] == "200"
     assert "voidvm_qemu_processes" in families and "voidvm_vms" in families
     assert "voidvm_http_request_duration_seconds" in families
+
+
+async def test_a_malformed_per_role_limit_is_refused(api: Api, admin_token: str) -> None:
+    bad = await api.client.put(
+        "/api/v1/config", json={"rate_limits": {"per_role": {"admin": "garbage"}}}, headers=auth(admin_token)
+    )
+    assert bad.status_code == 400
+    assert (await api.client.get("/api/v1/vms", headers=auth(admin_token))).status_code == 200
+
+
+async def test_the_live_default_image_is_used_when_os_is_omitted(api: Api, admin_token: str) -> None:
+    images = api.container.images
+    kernel = api.container.settings.data_dir / "fake-vmlinuz"
+    await images.register_kernel_image("other", kernel, None, "console=ttyS0", default=False)
+    changed = await api.client.put(
+        "/api/v1/config", json={"default_image": "other"}, headers=auth(admin_token)
+    )
+    assert changed.status_code == 200
+    body = {"name": "defaulted", "cpu": 1, "memory": 128, "disk": 1}
+    vm = (await api.client.post("/api/v1/vms", json=body, headers=auth(admin_token))).json()["data"]
+    assert vm["os"] == "other"

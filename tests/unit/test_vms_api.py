@@ -182,3 +182,17 @@ async def test_list_paginates_searches_filters_and_sorts(api: Api, admin_token: 
     assert bad.status_code == 400
     wildcard = (await api.client.get("/api/v1/vms?search=%25", headers=headers)).json()["data"]
     assert wildcard["vms"] == []
+
+
+async def test_a_rename_conflict_does_not_grow_the_disk(api: Api, admin_token: str) -> None:
+    await create(api, admin_token, name="taken", cpu=1, memory=128, disk=1)
+    vm = await create(api, admin_token, name="mine", cpu=1, memory=128, disk=1)
+    refused = await api.client.patch(
+        f"/api/v1/vms/{vm['id']}", json={"name": "taken", "disk": 5}, headers=auth(admin_token)
+    )
+    assert refused.status_code == 409
+    driver = api.container.driver
+    assert isinstance(driver, FakeDriver)
+    assert driver.disks[vm["id"]] == 1
+    after = (await api.client.get(f"/api/v1/vms/{vm['id']}", headers=auth(admin_token))).json()["data"]
+    assert (after["name"], after["disk"]) == ("mine", 1)

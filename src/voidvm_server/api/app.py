@@ -88,7 +88,7 @@ async def build_container(settings: Settings, driver_factory: DriverFactory | No
         access_ttl=settings.access_token_ttl_seconds,
         refresh_ttl=settings.refresh_token_ttl_seconds,
     )
-    images = ImageService(db, settings, qemu_img)
+    images = ImageService(db, settings, qemu_img, default_image=lambda: live.current.default_image)
     users = UserService(db, settings, live)
     auth_service = AuthService(db, tokens, limiter, settings)
     return Container(

@@ -20,6 +20,7 @@ log = logging.getLogger(__name__)
 # Most specific first: the first class an error is an instance of decides its status.
 STATUS_TABLE: list[tuple[type[e.VoidVMError], int]] = [
     (e.ValidationError, 400),
+    (e.AccountDisabledError, 403),
     (e.AuthError, 401),
     (e.QuotaExceededError, 403),
     (e.ForbiddenError, 403),

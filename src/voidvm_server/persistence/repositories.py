@@ -141,6 +141,16 @@ class UserRepository:
     async def delete(self, user_id: str) -> None:
         await self.session.execute(delete(UserRow).where(UserRow.id == user_id))
 
+    async def count_failed_login(self, user_id: str) -> int:
+        """Add one failed login in a single UPDATE and return the new count."""
+        result = await self.session.execute(
+            update(UserRow)
+            .where(UserRow.id == user_id)
+            .values(failed_logins=UserRow.failed_logins + 1)
+            .returning(UserRow.failed_logins)
+        )
+        return int(result.scalar_one())
+
     async def reserve(self, user_id: str, cpus: int, memory_mb: int, disk_gb: int) -> bool:
         """Take one VM's worth of quota in a single conditional UPDATE: atomic on every database."""
         result = await self.session.execute(
@@ -239,6 +249,9 @@ class TokenRepository:
             delete(ApiTokenRow).where(ApiTokenRow.id == token_id, ApiTokenRow.user_id == user_id)
         )
         return bool(result.rowcount)  # type: ignore[attr-defined]
+
+    async def delete_for_user(self, user_id: str) -> None:
+        await self.session.execute(delete(ApiTokenRow).where(ApiTokenRow.user_id == user_id))
 
     async def touch(self, token_id: str, when: datetime) -> None:
         await self.session.execute(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
 from datetime import timedelta
@@ -18,8 +19,8 @@ from voidvm_server.auth.tokens import (
 from voidvm_server.config import Settings
 from voidvm_server.domain.models import ApiToken, User, UserStatus
 from voidvm_server.errors import (
+    AccountDisabledError,
     AuthError,
-    ForbiddenError,
     NotFoundError,
     TooManyRequestsError,
     ValidationError,
@@ -52,9 +53,11 @@ class AuthService:
         self._attempts = limiter.parse(f"{settings.login_attempts_per_minute}/minute")
 
     async def login(self, username: str, password: str, client_ip: str) -> LoginResult:
-        # Only failed attempts spend this budget: a script that logs in often is not an attack.
+        # Every attempt spends the budget before the (costly) check, so a parallel burst cannot
+        # slip past it; a successful login gives the budget back, so scripts that log in often
+        # are not throttled.
         attempt_key = ("login", client_ip, username.lower())
-        verdict = await self.limiter.check(self._attempts, *attempt_key)
+        verdict = await self.limiter.hit(self._attempts, *attempt_key)
         if not verdict.allowed:
             raise TooManyRequestsError(
                 "Too many failed login attempts; wait and try again",
@@ -64,8 +67,7 @@ class AuthService:
         async with self.db.session() as s:
             user = await UserRepository(s).by_username(username)
         if user is None:
-            verify_password(DUMMY_HASH, password)  # same cost as a real check
-            await self.limiter.hit(self._attempts, *attempt_key)
+            await asyncio.to_thread(verify_password, DUMMY_HASH, password)  # same cost as a real check
             raise _invalid_credentials()
         stamp = now()
         if user.locked_until is not None and user.locked_until > stamp:
@@ -74,27 +76,25 @@ class AuthService:
                 code="ACCOUNT_LOCKED",
                 details={"locked_until": user.locked_until.isoformat()},
             )
-        if not verify_password(user.password_hash, password):
-            await self.limiter.hit(self._attempts, *attempt_key)
+        # argon2 takes ~0.1 s of CPU: off the event loop, so QMP and sockets keep being served.
+        if not await asyncio.to_thread(verify_password, user.password_hash, password):
             await self._record_failure(user)
             raise _invalid_credentials()
+        await self.limiter.clear(self._attempts, *attempt_key)
         if user.status is UserStatus.DISABLED:
-            raise ForbiddenError("The account is disabled", code="ACCOUNT_DISABLED")
+            raise AccountDisabledError()
         async with self.db.session() as s:
             await UserRepository(s).update(user.id, failed_logins=0, locked_until=None, last_login_at=stamp)
         return LoginResult(user, self.tokens.issue(user.id, user.token_version))
 
     async def _record_failure(self, user: User) -> None:
-        failures = user.failed_logins + 1
-        values: dict[str, object] = {"failed_logins": failures}
-        if failures >= self.settings.login_max_failures:
-            values.update(
-                failed_logins=0,
-                locked_until=now() + timedelta(seconds=self.settings.login_lockout_seconds),
-            )
-            log.warning("Account %s locked after %d failed logins", user.username, failures)
         async with self.db.session() as s:
-            await UserRepository(s).update(user.id, **values)
+            repo = UserRepository(s)
+            failures = await repo.count_failed_login(user.id)  # atomic: parallel failures all count
+            if failures >= self.settings.login_max_failures:
+                locked_until = now() + timedelta(seconds=self.settings.login_lockout_seconds)
+                await repo.update(user.id, failed_logins=0, locked_until=locked_until)
+                log.warning("Account %s locked after %d failed logins", user.username, failures)
 
     async def refresh(self, refresh_token: str) -> LoginResult:
         claims = self.tokens.decode(refresh_token, kind="refresh")
@@ -123,7 +123,7 @@ class AuthService:
         if user is None or revoked or user.token_version != token_version:
             raise AuthError("The token is no longer valid", code="INVALID_TOKEN")
         if user.status is UserStatus.DISABLED:
-            raise AuthError("The account is disabled", code="ACCOUNT_DISABLED")
+            raise AccountDisabledError()
         return user
 
     async def _authenticate_api_token(self, token: str) -> Principal:
@@ -136,7 +136,7 @@ class AuthService:
             if stored.expires_at is not None and stored.expires_at < stamp:
                 raise AuthError("The token has expired", code="TOKEN_EXPIRED")
             if user.status is UserStatus.DISABLED:
-                raise AuthError("The account is disabled", code="ACCOUNT_DISABLED")
+                raise AccountDisabledError()
             if stored.last_used_at is None or stamp - stored.last_used_at > timedelta(minutes=1):
                 await TokenRepository(s).touch(stored.id, stamp)
         return Principal(user=user, session_id=None, api_token_id=stored.id)

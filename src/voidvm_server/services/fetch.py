@@ -54,6 +54,15 @@ async def download(
     algorithm: str = "sha256",
 ) -> str:
     """Stream `url` into `dest`; return the hex digest (`algorithm`) of what was written."""
+    try:
+        return await _download(url, dest, max_bytes, allow_private, timeout, algorithm)
+    except httpx.HTTPError as exc:  # refused, reset, timed out, bad TLS: the URL's fault, not ours
+        raise ValidationError("url", f"the download failed ({type(exc).__name__})") from exc
+
+
+async def _download(
+    url: str, dest: Path, max_bytes: int, allow_private: bool, timeout: float, algorithm: str
+) -> str:
     digest = hashlib.new(algorithm)
     async with httpx.AsyncClient(follow_redirects=False, timeout=timeout) as client:
         for _ in range(MAX_REDIRECTS + 1):
@@ -64,8 +73,8 @@ async def download(
                     continue
                 if response.status_code != 200:
                     raise ValidationError("url", f"the server answered HTTP {response.status_code}")
-                declared = int(response.headers.get("content-length", "0") or 0)
-                if declared > max_bytes:
+                declared = response.headers.get("content-length", "")
+                if declared.isdigit() and int(declared) > max_bytes:
                     raise ValidationError("url", f"the image is larger than {max_bytes} bytes")
                 written = 0
                 with dest.open("wb") as handle:

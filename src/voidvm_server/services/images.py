@@ -11,7 +11,7 @@ import contextlib
 import logging
 import re
 import shutil
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -66,11 +66,25 @@ def boot_media(image: Image, image_dir: Path) -> BootMedia:
     return BootMedia(base_disk=files["disk"], base_format=image.format.value)
 
 
+def _named(images: builtins.list[Image], name: str) -> Image | None:
+    """The image called `name`, by its name or one of its aliases (case-insensitive)."""
+    key = name.lower()
+    return next((i for i in images if key == i.name.lower() or key in (a.lower() for a in i.aliases)), None)
+
+
 class ImageService:
-    def __init__(self, db: Database, settings: Settings, qemu_img: QemuImg) -> None:
+    def __init__(
+        self,
+        db: Database,
+        settings: Settings,
+        qemu_img: QemuImg,
+        default_image: Callable[[], str] | None = None,
+    ) -> None:
         self.db = db
         self.settings = settings
         self.qemu_img = qemu_img
+        # The live `default_image` setting (PUT /config); the image flagged default backs it up.
+        self._default_image = default_image or (lambda: settings.default_image)
         self.root = settings.data_dir / "images"
         self.root.mkdir(parents=True, exist_ok=True)
         self.import_dir = settings.data_dir / "import"
@@ -101,15 +115,15 @@ class ImageService:
         """The image a VM's `os` names (name or alias), the default one, or a catalog pull."""
         images = await self.list()
         if os_name is None or os_name == "":
-            for image in images:
-                if image.is_default:
-                    return image
-            raise ValidationError("os", "no default image is installed; run 'make run' or "
-                                  "'voidvm-server image build-tiny'")  # fmt: skip
+            chosen = _named(images, self._default_image()) or next((i for i in images if i.is_default), None)
+            if chosen is None:
+                raise ValidationError("os", "no default image is installed; run 'make run' or "
+                                      "'voidvm-server image build-tiny'")  # fmt: skip
+            return chosen
+        named = _named(images, os_name)
+        if named is not None:
+            return named
         key = os_name.lower()
-        for image in images:
-            if key == image.name.lower() or key in (a.lower() for a in image.aliases):
-                return image
         entry = catalog.find(key)
         if entry is None:
             known = sorted({i.name for i in images} | {c.name for c in catalog.CATALOG})

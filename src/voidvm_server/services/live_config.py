@@ -5,7 +5,7 @@ Updates are partial and deep-merged, then validated as a whole before they take 
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic import ValidationError as PydanticValidationError
@@ -19,14 +19,17 @@ from voidvm_server.services.clock import now
 KEY = "live"
 
 
+RATE = r"^\d+\s*/\s*(second|minute|hour|day)$"  # what the limits library parses, e.g. "100/minute"
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
 class RateLimits(_Section):
-    default: str = Field("100/minute", pattern=r"^\d+\s*/\s*(second|minute|hour|day)$")
-    per_role: dict[str, str] = Field(default_factory=dict)
-    per_user: dict[str, str] = Field(default_factory=dict)
+    default: str = Field("100/minute", pattern=RATE)
+    per_role: dict[str, Annotated[str, Field(pattern=RATE)]] = Field(default_factory=dict)
+    per_user: dict[str, Annotated[str, Field(pattern=RATE)]] = Field(default_factory=dict)
 
 
 class DefaultQuota(_Section):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 from dataclasses import dataclass
@@ -11,7 +12,7 @@ from voidvm_server.config import DEFAULT_ADMIN_PASSWORD, Settings
 from voidvm_server.domain.models import Quota, Role, Usage, User, UserStatus
 from voidvm_server.errors import ConflictError, NotFoundError, ValidationError
 from voidvm_server.persistence.engine import Database
-from voidvm_server.persistence.repositories import UserRepository, VMRepository
+from voidvm_server.persistence.repositories import TokenRepository, UserRepository, VMRepository
 from voidvm_server.services.clock import now
 from voidvm_server.services.ids import new_id
 from voidvm_server.services.live_config import LiveConfigStore
@@ -119,7 +120,7 @@ class UserService:
             values["status"] = changes.status.value
         if changes.password is not None:
             check_password_strength(changes.password)
-            values["password_hash"] = hash_password(changes.password)
+            values["password_hash"] = await asyncio.to_thread(hash_password, changes.password)
         if changes.quota:
             values.update({k: v for k, v in changes.quota.items()})
         async with self.db.session() as s:
@@ -129,6 +130,8 @@ class UserService:
                 raise user_not_found(user_id)
             if changes.password is not None or changes.status is UserStatus.DISABLED:
                 values["token_version"] = user.token_version + 1  # ends every session
+            if changes.password is not None:
+                await TokenRepository(s).delete_for_user(user_id)  # and every API token
             if changes.status is UserStatus.ACTIVE:
                 values.update(failed_logins=0, locked_until=None)
             values["updated_at"] = now()
@@ -136,18 +139,17 @@ class UserService:
         return await self.get(user_id)
 
     async def change_password(self, user: User, current: str, new: str) -> None:
-        if not verify_password(user.password_hash, current):
+        if not await asyncio.to_thread(verify_password, user.password_hash, current):
             raise ValidationError("current_password", "is not your current password")
         check_password_strength(new, "new_password")
         if new == current:
             raise ValidationError("new_password", "must differ from the current password")
+        new_hash = await asyncio.to_thread(hash_password, new)
         async with self.db.session() as s:
             await UserRepository(s).update(
-                user.id,
-                password_hash=hash_password(new),
-                token_version=user.token_version + 1,
-                updated_at=now(),
+                user.id, password_hash=new_hash, token_version=user.token_version + 1, updated_at=now()
             )
+            await TokenRepository(s).delete_for_user(user.id)  # API tokens end with the password
 
     async def delete(self, user_id: str, acting_user_id: str) -> None:
         if user_id == acting_user_id:

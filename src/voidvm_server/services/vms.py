@@ -178,7 +178,7 @@ class VMService:
                 raise
             self._publish(vm, S.CREATING, None)
             if image.status is ImageStatus.DOWNLOADING:
-                self._spawn(self._finish_create_after_pull(vm, spec.auto_start))
+                self._spawn(self._finish_create_after_pull(vm))
                 return vm
             with self.recovery.resync_if_the_database_fails(vm.id):
                 await self._test_pause("after-create-insert")
@@ -218,24 +218,31 @@ class VMService:
         self._locks.pop(vm.id, None)
         self.bus.publish("vm-status", {"vmId": vm.id, "status": "deleted"}, vm_id=vm.id, owner_id=vm.owner_id)
 
-    async def _finish_create_after_pull(self, vm: VM, auto_start: bool) -> None:
+    async def _finish_create_after_pull(self, vm: VM) -> None:
+        try:
+            await self._complete_create_after_pull(vm)
+        except VoidVMError as exc:  # never leave the VM 'creating' with nobody to finish it
+            log.warning("Finishing the create of %s after its image pull failed: %s", vm.id, exc.message)
+
+    async def _complete_create_after_pull(self, vm: VM) -> None:
         image = await self.images.wait_ready(vm.image_id)
         async with self._lock(vm.id):
-            current = await self._load(vm.id)
-            if current is None or current.status is not S.CREATING:
-                if current is None:
-                    self._locks.pop(vm.id, None)
-                return  # deleted (DELETE ?force=true) while the image was downloading
-            if image.status is not ImageStatus.AVAILABLE:
-                await self._set_status(vm.id, S.ERROR, f"image '{image.name}': {image.status_reason}")
-                return
-            try:
-                self._check_fits(image, vm.disk_gb)
-                await self.driver.prepare_disk(vm.id, self.images.media(image), vm.disk_gb)
-            except VoidVMError as exc:
-                await self._set_status(vm.id, S.ERROR, exc.message)
-                return
-            await self._set_status(vm.id, S.STOPPED)
+            with self.recovery.resync_if_the_database_fails(vm.id):
+                current = await self._load(vm.id)
+                if current is None or current.status is not S.CREATING:
+                    if current is None:
+                        self._locks.pop(vm.id, None)
+                    return  # deleted (DELETE ?force=true) while the image was downloading
+                if image.status is not ImageStatus.AVAILABLE:
+                    await self._set_status(vm.id, S.ERROR, f"image '{image.name}': {image.status_reason}")
+                    return
+                try:
+                    self._check_fits(image, vm.disk_gb)
+                    await self.driver.prepare_disk(vm.id, self.images.media(image), vm.disk_gb)
+                except VoidVMError as exc:
+                    await self._set_status(vm.id, S.ERROR, exc.message)
+                    return
+                await self._set_status(vm.id, S.STOPPED)
 
     async def _auto_start(self, principal: Principal, vm_id: str) -> None:
         try:
@@ -275,11 +282,11 @@ class VMService:
                         raise QuotaExceededError("The change would exceed your quota")
                     values.update(cpu=cpu or vm.cpu, memory_mb=memory or vm.memory_mb,
                                   disk_gb=disk or vm.disk_gb)  # fmt: skip
-                if disk is not None:
-                    await self.driver.grow_disk(vm.id, disk)  # inside the txn: undone on failure
                 if values:
                     values["updated_at"] = now()
-                    await VMRepository(s).update(vm.id, **values)
+                    await VMRepository(s).update(vm.id, **values)  # a name conflict stops here
+                if disk is not None:
+                    await self.driver.grow_disk(vm.id, disk)  # last: its failure undoes the row
             updated = await self._reload(vm.id)
             if values:  # subscribers see renames and resizes too
                 self._publish(updated, updated.status, updated.status)

@@ -197,13 +197,12 @@ class QemuDriver:
 
     async def _track(self, vm_id: str, pid: int) -> None:
         qmp = QMPConnection(vm_id, self.qmp_timeout)
-        instance = _Instance(
-            vm_id=vm_id,
-            pid=pid,
-            watcher=ExitWatcher(pid, lambda: self._exited(vm_id)),
-            qmp=qmp,
-            process=psutil.Process(pid),
-        )
+        try:
+            process = psutil.Process(pid)
+            watcher = ExitWatcher(pid, lambda: self._exited(vm_id))
+        except (psutil.Error, OSError) as exc:
+            raise DriverError("QEMU exited while it was starting") from exc
+        instance = _Instance(vm_id=vm_id, pid=pid, watcher=watcher, qmp=qmp, process=process)
         self._instances[vm_id] = instance
         instance.process.cpu_percent(None)  # start the CPU accounting window
         try:
