@@ -216,3 +216,20 @@ async def test_tokens_in_websocket_urls_never_reach_the_logs(
     text = "\n".join(record.getMessage() for record in server_side)
     assert "WebSocket /ws?token=[redacted]" in text
     assert admin not in text and "secret-ticket-value" not in text
+
+
+async def test_a_role_change_closes_the_sockets_opened_under_the_old_role(
+    ws_fake: WsServer, admin: str
+) -> None:
+    boss = await ws_fake.create_user(admin, "boss")
+    me = (await ws_fake.http.get("/api/v1/auth/me", headers=auth(boss))).json()["data"]
+    await ws_fake.http.put(f"/api/v1/users/{me['id']}", json={"role": "admin"}, headers=auth(admin))
+    promoted = await ws_fake.login("boss", "password-123")
+    async with ws_fake.events(promoted) as ws:
+        assert (await ws.request("ping", {}, "pong"))["type"] == "pong"
+        demoted = await ws_fake.http.put(
+            f"/api/v1/users/{me['id']}", json={"role": "user"}, headers=auth(admin)
+        )
+        assert demoted.status_code == 200
+        code, reason = await ws.closed()
+    assert code == 4401 and "role" in reason

@@ -123,8 +123,13 @@ class ConnectionHub:
                     member.refuse(4401, exc.message, exc)
                 continue
             for member in members:
-                if member.principal is not None and member.principal.id == principal.id:
-                    member.principal = principal
+                if member.principal is None or member.principal.id != principal.id:
+                    continue
+                if member.principal.user.role is not principal.user.role:
+                    # Attached consoles were authorized under the old role: start over.
+                    member.refuse(4401, "Your role changed; connect again")
+                    continue
+                member.principal = principal
 
     async def _sweep(self) -> None:
         while True:
