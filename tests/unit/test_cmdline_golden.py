@@ -56,7 +56,7 @@ def disk(escaped: str) -> list[str]:
 
 def net(ssh_port: int | None) -> list[str]:
     netdev = "user,id=net0" + (f",hostfwd=tcp:127.0.0.1:{ssh_port}-:22" if ssh_port else "")
-    return ["-netdev", netdev, "-device", "virtio-net-pci,netdev=net0"]
+    return ["-netdev", netdev, "-device", "virtio-net-pci,netdev=net0,romfile="]
 
 
 def test_kernel_image() -> None:
@@ -96,7 +96,7 @@ def test_kernel_image() -> None:
         "cache=none,aio=threads,discard=unmap",
         "-device", "virtio-blk-pci,drive=disk0,bootindex=1",
         "-netdev", "user,id=net0,hostfwd=tcp:127.0.0.1:22022-:22",
-        "-device", "virtio-net-pci,netdev=net0",
+        "-device", "virtio-net-pci,netdev=net0,romfile=",
     ]  # fmt: skip
 
 

@@ -90,5 +90,6 @@ def build_argv(spec: VMSpec, paths: RunPaths, *, binary: str, accel: str) -> lis
     netdev = "user,id=net0"
     if spec.ssh_port is not None:
         netdev += f",hostfwd=tcp:127.0.0.1:{spec.ssh_port}-:22"
-    argv += ["-netdev", netdev, "-device", "virtio-net-pci,netdev=net0"]
+    # No option ROM: VMs boot from their disk or kernel, never by PXE, and the ROM costs boot time.
+    argv += ["-netdev", netdev, "-device", "virtio-net-pci,netdev=net0,romfile="]
     return argv

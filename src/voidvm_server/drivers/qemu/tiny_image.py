@@ -225,18 +225,20 @@ exec /sbin/init
 
 _INITTAB = """\
 ttyS0::respawn:-/bin/sh
+tty1::respawn:-/bin/sh
 ::ctrlaltdel:/sbin/reboot
 ::shutdown:/bin/sync
 ::shutdown:/bin/umount -a -r 2>/dev/null
 """
 
-# "ready" is printed by the first login shell, so it means a prompt is about to appear.
+# "ready" is printed by the first login shell, so it means a prompt is about to appear. It always
+# goes to the serial console (the shell on tty1, seen over VNC, may start first).
 _PROFILE = r"""export PATH=/sbin:/bin:/usr/sbin:/usr/bin HOME=/root
 PS1='\u@\h:\w\$ '
 cd "$HOME"
 if [ ! -e /run/voidvm-ready ]; then
   : > /run/voidvm-ready
-  echo "VoidVM tiny guest ready"
+  echo "VoidVM tiny guest ready" > /dev/ttyS0
 fi
 """
 
