@@ -2,8 +2,8 @@
 
 The PostgreSQL test cuts the database at a random moment for many requests; this one cuts it
 exactly between a side effect and the write that records it: after a create's disk is made, and
-while a VM's QEMU dies. The database handle refuses every session during the outage exactly as
-`Database.session()` does when it cannot get a connection (503 SERVICE_UNAVAILABLE). Once it is back,
+while a VM's QEMU dies. The database handle refuses every session and every read during the outage exactly
+as `Database.session()` does when it cannot get a connection (503 SERVICE_UNAVAILABLE). Once it is back,
 the server must put those VMs right by itself, without a restart.
 """
 
@@ -42,16 +42,20 @@ async def test_state_changes_lost_to_a_database_outage_are_put_right_when_it_ret
             db, driver = api.container.db, api.container.driver
             assert isinstance(driver, QemuDriver)
             outage = asyncio.Event()
-            original_session = db.session
 
-            @asynccontextmanager
-            async def session() -> AsyncIterator[AsyncSession]:
-                if outage.is_set():
-                    raise unavailable()
-                async with original_session() as s:
-                    yield s
+            def refused_during_outage(unit_of_work: Any) -> Any:
+                @asynccontextmanager
+                async def guarded() -> AsyncIterator[AsyncSession]:
+                    if outage.is_set():
+                        raise unavailable()
+                    async with unit_of_work() as s:
+                        yield s
 
-            monkeypatch.setattr(db, "session", session)
+                return guarded
+
+            # Both ways in: units of work, and the stand-alone reads.
+            monkeypatch.setattr(db, "session", refused_during_outage(db.session))
+            monkeypatch.setattr(db, "reading", refused_during_outage(db.reading))
 
             # A VM that will die during the outage, and one that must not be touched.
             victim = (await http.create_vm("dies-unrecorded"))["id"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from tests.conftest import Api, auth
@@ -155,10 +156,11 @@ async def test_crash_marks_the_vm_error_and_it_can_start_again(api: Api, admin_t
     driver = api.container.driver
     assert isinstance(driver, FakeDriver)
     driver.crash(vm["id"])
-    for _ in range(100):
+    for _ in range(200):  # the exit is recorded by a background task: give it turns of the loop
         state = (await api.client.get(base, headers=auth(admin_token))).json()["data"]
         if state["status"] == "error":
             break
+        await asyncio.sleep(0.01)
     assert state["status"] == "error"
     assert "unexpectedly" in state["status_reason"]
     restarted = await api.client.post(f"{base}/start", headers=auth(admin_token))

@@ -118,7 +118,7 @@ class AuthService:
         return Principal(user=user, session_id=claims.session_id)
 
     async def _live_user(self, user_id: str, session_id: str, token_version: int) -> User:
-        async with self.db.session() as s:
+        async with self.db.reading() as s:
             user, revoked = await UserRepository(s).get_with_session(user_id, session_id)
         if user is None or revoked or user.token_version != token_version:
             raise AuthError("The token is no longer valid", code="INVALID_TOKEN")
@@ -127,17 +127,18 @@ class AuthService:
         return user
 
     async def _authenticate_api_token(self, token: str) -> Principal:
-        async with self.db.session() as s:
+        async with self.db.reading() as s:
             stored = await TokenRepository(s).by_hash(hash_api_token(token))
             user = await UserRepository(s).get(stored.user_id) if stored else None
-            stamp = now()
-            if stored is None or user is None:
-                raise AuthError("The token is invalid", code="INVALID_TOKEN")
-            if stored.expires_at is not None and stored.expires_at < stamp:
-                raise AuthError("The token has expired", code="TOKEN_EXPIRED")
-            if user.status is UserStatus.DISABLED:
-                raise AccountDisabledError()
-            if stored.last_used_at is None or stamp - stored.last_used_at > timedelta(minutes=1):
+        stamp = now()
+        if stored is None or user is None:
+            raise AuthError("The token is invalid", code="INVALID_TOKEN")
+        if stored.expires_at is not None and stored.expires_at < stamp:
+            raise AuthError("The token has expired", code="TOKEN_EXPIRED")
+        if user.status is UserStatus.DISABLED:
+            raise AccountDisabledError()
+        if stored.last_used_at is None or stamp - stored.last_used_at > timedelta(minutes=1):
+            async with self.db.session() as s:
                 await TokenRepository(s).touch(stored.id, stamp)
         return Principal(user=user, session_id=None, api_token_id=stored.id)
 
@@ -163,7 +164,7 @@ class AuthService:
         return record, token
 
     async def list_api_tokens(self, user: User) -> list[ApiToken]:
-        async with self.db.session() as s:
+        async with self.db.reading() as s:
             return await TokenRepository(s).for_user(user.id)
 
     async def revoke_api_token(self, user: User, token_id: str) -> None:

@@ -100,11 +100,11 @@ class ImageService:
         return boot_media(image, self.image_dir(image.id))
 
     async def list(self) -> list[Image]:
-        async with self.db.session() as s:
+        async with self.db.reading() as s:
             return await ImageRepository(s).list()
 
     async def get(self, ref: str) -> Image:
-        async with self.db.session() as s:
+        async with self.db.reading() as s:
             repo = ImageRepository(s)
             image = await repo.get(ref) or await repo.by_name(ref)
         if image is None:

@@ -13,9 +13,9 @@ class SystemService:
         self.db = db
 
     async def vm_counts(self) -> dict[str, int]:
-        async with self.db.session() as s:
+        async with self.db.reading() as s:
             return await VMRepository(s).count_by_status()
 
     async def event_counts(self, since: datetime) -> dict[str, int]:
-        async with self.db.session() as s:
+        async with self.db.reading() as s:
             return await AuditRepository(s).count_since(since)

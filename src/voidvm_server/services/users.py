@@ -93,21 +93,21 @@ class UserService:
         return user
 
     async def get(self, user_id: str) -> User:
-        async with self.db.session() as s:
+        async with self.db.reading() as s:
             user = await UserRepository(s).get(user_id)
         if user is None:
             raise user_not_found(user_id)
         return user
 
     async def by_username(self, username: str) -> User:
-        async with self.db.session() as s:
+        async with self.db.reading() as s:
             user = await UserRepository(s).by_username(username)
         if user is None:
             raise user_not_found(username)
         return user
 
     async def list(self, page: int, limit: int) -> tuple[list[User], int]:
-        async with self.db.session() as s:
+        async with self.db.reading() as s:
             return await UserRepository(s).list((page - 1) * limit, limit)
 
     async def update(self, user_id: str, changes: UserChanges) -> User:

@@ -88,7 +88,7 @@ class VMService:
         return vm
 
     async def _load(self, vm_id: str) -> VM | None:
-        async with self.db.session() as s:
+        async with self.db.reading() as s:
             return await VMRepository(s).get(vm_id)
 
     async def _reload(self, vm_id: str) -> VM:
@@ -104,7 +104,7 @@ class VMService:
         owner_id: str | None = principal.id
         if principal.is_admin:
             owner_id = await self._owner_id(query.owner) if query.owner else None
-        async with self.db.session() as s:
+        async with self.db.reading() as s:
             return await VMRepository(s).list(
                 owner_id=owner_id,
                 status=query.status,
@@ -115,7 +115,7 @@ class VMService:
             )
 
     async def _owner_id(self, owner: str) -> str:
-        async with self.db.session() as s:
+        async with self.db.reading() as s:
             repo = UserRepository(s)
             user = await repo.get(owner) or await repo.by_username(owner)
         return user.id if user else "-none-"
