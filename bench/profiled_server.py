@@ -7,7 +7,8 @@ It builds the same app with the same settings and uvicorn options, plus a thin A
   per call) that the totals stay close to an unmeasured request.
 - `X-Bench-Profile: <label>`: the request runs under pyinstrument (async mode: time spent
   awaiting is charged to the awaiting code); much slower, but shows the whole call tree.
-With VOIDVM_BENCH_WHATIF=engine,auth,list the fixes of bench/whatif.py are applied first.
+With VOIDVM_BENCH_WHATIF=syncread the plain-sqlite3 experiment of bench/whatif.py is applied
+first (the only patch left there).
 `POST /__bench/profile` writes the pyinstrument sessions and the timer records of every label to
 $VOIDVM_BENCH_PROFILE_DIR and forgets them.
 """
@@ -177,7 +178,7 @@ def main() -> None:
         from bench import whatif
 
         whatif.apply(patches.split(","))
-    from voidvm_server.api.app import create_app  # after the patches: "deps" must precede the routes
+    from voidvm_server.api.app import create_app  # after the patches
 
     out_dir = Path(os.environ["VOIDVM_BENCH_PROFILE_DIR"])
     interval = float(os.environ.get("VOIDVM_BENCH_PROFILE_INTERVAL", "0.0005"))

@@ -137,7 +137,8 @@ BENCHMARKS = [
     [
         "`bench/api_throughput.py`",
         "`GET /vms` under wrk at rising concurrency, against a bare FastAPI app "
-        "(`bench/ceiling_app.py`) and against the same server with the fixes of `bench/whatif.py`",
+        "(`bench/ceiling_app.py`) and against the same server reading through plain sqlite3 "
+        "(the experiment of `bench/whatif.py`)",
     ],
     [
         "`bench/density.py`",

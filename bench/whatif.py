@@ -1,185 +1,37 @@
-"""What-if: the database fixes proposed in docs/benchmarks.md, applied by monkeypatching.
+"""What-if: server changes tried out by monkeypatching, measured before (or instead of) being made.
 
-Only the benchmarks use this (through bench/profiled_server.py with VOIDVM_BENCH_WHATIF=1), to
-measure what the proposed server changes would buy before anyone makes them. Each patch keeps the
-behaviour of the code it replaces; the real fix belongs in src/, where the patch names point.
+Only the benchmarks use this, through bench/profiled_server.py with VOIDVM_BENCH_WHATIF=<names>.
+The database fixes that used to live here (no pool pre-ping or reset on SQLite, the user and the
+revoked session in one query, a cheaper VM listing, an async `get_container`) are now in src/, and
+`Database.reading()` goes further: on SQLite a stand-alone read runs a synchronous SQLAlchemy
+session in the event loop instead of hopping to aiosqlite's worker thread. What is left is one
+experiment, which is not meant to ship:
 
-- `engine`: SQLite engines without `pool_pre_ping` (a local file cannot drop a connection; the ping
-  is a `SELECT 1` through aiosqlite's worker thread on every session) and without the rollback
-  that the pool runs when a connection comes back after the session already committed.
-  (persistence/engine.py, Database.__init__)
-- `auth`: the user and the revoked-session check in one statement (an outer join) instead of two.
-  (services/auth.py, AuthService._live_user)
-- `list`: the page and the total in one statement (`count(*) OVER ()`), a separate count only for a
-  page past the end. (persistence/repositories.py, VMRepository.list)
-- `deps`: `get_container` as an `async def`. FastAPI runs a plain `def` dependency in its thread
-  pool, so every request that needs the container (all of them) hops to a worker thread and back.
-  (api/deps.py, get_container; must be applied before the routes are imported)
-- `syncread` (an experiment, not a proposal as it stands): the two reads of an authenticated
-  `GET /vms` (the principal, the page with its total) run on a plain sqlite3 connection inside the
-  event loop, with no SQLAlchemy session and no worker thread, to show what the access layer costs. SQLite
-  in WAL mode never makes a reader wait for a writer, and these queries take tens of microseconds.
-  Only the default listing (owner filter or none, sort by creation time) takes this path.
+- `syncread`: the two reads of an authenticated `GET /vms` (the principal with its revoked-session
+  check, then the page of VMs with its total) go through a plain sqlite3 connection in the event
+  loop, with no SQLAlchemy at all. The statements are the ones the repositories send (the page's
+  ids from the index, then those rows with their owners, a count only when the page does not tell
+  the total), and the rows go through the same converters, so the difference from the shipped
+  server is what SQLAlchemy itself (statement caching, execution, result rows, the session) still
+  costs on top of SQLite now that the thread hand-offs are gone. Only the default listing (no
+  status, search or owner filter, newest first) takes this path; any other query, and every write,
+  runs the shipped code.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
-from typing import Any
+from collections.abc import Sequence
 
-PATCHES = ("engine", "auth", "list")
+PATCHES = ("syncread",)
 
 
 def apply(names: Sequence[str] = PATCHES) -> None:
-    if "engine" in names:
-        _engine()
-    if "auth" in names:
-        _auth()
-    if "list" in names:
-        _list()
-    if "syncread" in names:
+    wanted = [name.strip() for name in names if name.strip()]
+    unknown = sorted(set(wanted) - set(PATCHES))
+    if unknown:
+        raise ValueError(f"unknown what-if patch(es) {', '.join(unknown)}; known: {', '.join(PATCHES)}")
+    if "syncread" in wanted:
         _syncread()
-    if "deps" in names:
-        _deps()
-
-
-def _deps() -> None:
-    import sys
-    from typing import Annotated
-
-    from fastapi import Depends, Request
-
-    from voidvm_server.api import deps
-    from voidvm_server.api.container import Container
-
-    if "voidvm_server.api.routes.vms" in sys.modules:
-        raise RuntimeError("the 'deps' patch must be applied before the routes are imported")
-
-    async def get_container(request: Request) -> Container:
-        container: Container = request.app.state.container
-        return container
-
-    get_container.__annotations__ = {"request": Request, "return": Container}  # resolved, for FastAPI
-
-    deps.get_container = get_container  # type: ignore[assignment]
-    deps.ContainerDep = Annotated[Container, Depends(get_container)]  # type: ignore[misc]
-
-
-def _create_engine(url: str, **kwargs: Any) -> Any:
-    from sqlalchemy.ext import asyncio as sa_asyncio
-
-    if url.startswith("sqlite"):
-        kwargs["pool_pre_ping"] = False
-        kwargs["pool_reset_on_return"] = None
-    return sa_asyncio.create_async_engine(url, **kwargs)
-
-
-def _engine() -> None:
-    from voidvm_server.persistence import engine as engine_module
-
-    engine_module.create_async_engine = _create_engine  # type: ignore[assignment]
-
-
-@contextmanager
-def fixed_engine() -> Iterator[None]:
-    """Databases created inside the block get the `engine` fix (for side-by-side measurements)."""
-    from voidvm_server.persistence import engine as engine_module
-
-    original = engine_module.create_async_engine
-    engine_module.create_async_engine = _create_engine  # type: ignore[assignment]
-    try:
-        yield
-    finally:
-        engine_module.create_async_engine = original
-
-
-def _auth() -> None:
-    from voidvm_server.services.auth import AuthService
-
-    AuthService._live_user = fixed_live_user()  # type: ignore[method-assign]
-
-
-def fixed_live_user() -> Any:
-    from sqlalchemy import select
-
-    from voidvm_server.domain.models import User, UserStatus
-    from voidvm_server.errors import AuthError
-    from voidvm_server.persistence.repositories import _user
-    from voidvm_server.persistence.tables import RevokedSessionRow, UserRow
-    from voidvm_server.services.auth import AuthService
-
-    async def _live_user(self: AuthService, user_id: str, session_id: str, token_version: int) -> User:
-        query = (
-            select(UserRow, RevokedSessionRow.session_id)
-            .outerjoin(RevokedSessionRow, RevokedSessionRow.session_id == session_id)
-            .where(UserRow.id == user_id)
-        )
-        async with self.db.session() as s:
-            row = (await s.execute(query)).first()
-        user = _user(row[0]) if row else None
-        revoked = row is not None and row[1] is not None
-        if user is None or revoked or user.token_version != token_version:
-            raise AuthError("The token is no longer valid", code="INVALID_TOKEN")
-        if user.status is UserStatus.DISABLED:
-            raise AuthError("The account is disabled", code="ACCOUNT_DISABLED")
-        return user
-
-    return _live_user
-
-
-def _list() -> None:
-    from voidvm_server.persistence.repositories import VMRepository
-
-    VMRepository.list = fixed_list()  # type: ignore[method-assign]
-
-
-def fixed_list() -> Any:
-    from sqlalchemy import func, or_, select
-
-    from voidvm_server.domain.models import VM
-    from voidvm_server.persistence.repositories import SORTABLE, VMRepository, _vm
-    from voidvm_server.persistence.tables import VMRow
-
-    async def list_vms(
-        self: VMRepository,
-        *,
-        owner_id: str | None,
-        status: Sequence[str] | None,
-        search: str | None,
-        sort: Sequence[tuple[str, bool]],
-        offset: int,
-        limit: int,
-    ) -> tuple[list[VM], int]:
-        query = self._select().add_columns(func.count().over().label("total"))
-        conditions = []
-        if owner_id is not None:
-            conditions.append(VMRow.owner_id == owner_id)
-        if status:
-            conditions.append(VMRow.status.in_(list(status)))
-        if search:
-            pattern = "%" + search.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
-            conditions.append(
-                or_(VMRow.name.ilike(pattern, escape="\\"), VMRow.description.ilike(pattern, escape="\\"))
-            )
-        for condition in conditions:
-            query = query.where(condition)
-        order = [SORTABLE[key].desc() if desc else SORTABLE[key].asc() for key, desc in sort]
-        rows = (
-            await self.session.execute(query.order_by(*order, VMRow.id).offset(offset).limit(limit))
-        ).all()
-        if rows:
-            total = int(rows[0][2])
-        elif offset == 0:
-            total = 0
-        else:  # a page past the end: the window has no row to carry the total
-            count = select(func.count()).select_from(VMRow)
-            for condition in conditions:
-                count = count.where(condition)
-            total = int(await self.session.scalar(count) or 0)
-        return [_vm(r[0], r[1]) for r in rows], total
-
-    return list_vms
 
 
 def _syncread() -> None:
@@ -187,63 +39,79 @@ def _syncread() -> None:
     import threading
     from datetime import datetime
     from types import SimpleNamespace
+    from typing import Any
+
+    from sqlalchemy import make_url
 
     from voidvm_server.auth.principal import Principal
     from voidvm_server.domain.models import VM, User, UserStatus
-    from voidvm_server.errors import AuthError
+    from voidvm_server.errors import AccountDisabledError, AuthError
     from voidvm_server.persistence.repositories import _user, _vm
     from voidvm_server.services.auth import AuthService
-    from voidvm_server.services.vms import VMQuery, VMService, parse_sort
+    from voidvm_server.services.vm_requests import VMQuery, parse_sort
+    from voidvm_server.services.vms import VMService
 
     local = threading.local()
     dates = {"created_at", "updated_at", "started_at", "locked_until", "last_login_at"}
+    newest_first = "ORDER BY vms.created_at DESC, vms.id"
+
+    def record(cursor: sqlite3.Cursor, values: tuple[Any, ...]) -> SimpleNamespace:
+        """A row as an object with the column attributes the converters read (like a Row)."""
+        fields = {}
+        for (name, *_), value in zip(cursor.description, values, strict=True):
+            fields[name] = datetime.fromisoformat(value) if value and name in dates else value
+        return SimpleNamespace(**fields)
 
     def connection(url: str) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(local, "conn", None)
         if conn is None:
-            conn = sqlite3.connect(url.split(":///", 1)[1], check_same_thread=False)
-            conn.row_factory = sqlite3.Row
-            conn.execute("PRAGMA busy_timeout=30000")
+            conn = sqlite3.connect(make_url(url).database or "", check_same_thread=False)
+            conn.row_factory = record
+            conn.execute("PRAGMA query_only=ON")  # as the shipped reader: a write fails, never waits
+            conn.execute("PRAGMA busy_timeout=1000")
             local.conn = conn
         return conn
 
-    def row(r: sqlite3.Row) -> SimpleNamespace:
-        values = {k: (datetime.fromisoformat(r[k]) if k in dates and r[k] else r[k]) for k in r.keys()}  # noqa: SIM118
-        return SimpleNamespace(**values)
-
-    async def _live_user(self: AuthService, user_id: str, session_id: str, token_version: int) -> User:
-        conn = connection(self.db.url)
-        found = conn.execute(
-            "SELECT users.*, (SELECT 1 FROM revoked_sessions WHERE session_id = ?) AS revoked "
-            "FROM users WHERE id = ?",
-            (session_id, user_id),
-        ).fetchone()
-        user = _user(row(found)) if found else None  # type: ignore[arg-type]
-        if user is None or found["revoked"] or user.token_version != token_version:
+    async def live_user(self: AuthService, user_id: str, session_id: str, token_version: int) -> User:
+        found = (
+            connection(self.db.url)
+            .execute(
+                "SELECT users.*, revoked_sessions.session_id AS revoked_session FROM users "
+                "LEFT JOIN revoked_sessions ON revoked_sessions.session_id = ? WHERE users.id = ?",
+                (session_id, user_id),
+            )
+            .fetchone()
+        )
+        user = _user(found) if found else None
+        if user is None or found.revoked_session is not None or user.token_version != token_version:
             raise AuthError("The token is no longer valid", code="INVALID_TOKEN")
         if user.status is UserStatus.DISABLED:
-            raise AuthError("The account is disabled", code="ACCOUNT_DISABLED")
+            raise AccountDisabledError()
         return user
 
-    original_list = VMService.list
+    shipped_list = VMService.list
 
-    async def service_list(self: VMService, principal: Principal, query: VMQuery) -> tuple[list[VM], int]:
+    async def list_vms(self: VMService, principal: Principal, query: VMQuery) -> tuple[list[VM], int]:
         if query.status or query.search or query.owner or parse_sort(query.sort) != [("created_at", True)]:
-            return await original_list(self, principal, query)
+            return await shipped_list(self, principal, query)
         conn = connection(self.db.url)
         owner_id = None if principal.is_admin else principal.id
-        where, params = ("WHERE vms.owner_id = ?", [owner_id]) if owner_id else ("", [])
-        found = conn.execute(
-            f"SELECT vms.*, users.username AS owner_username, count(*) OVER () AS total FROM vms "  # noqa: S608
-            f"JOIN users ON users.id = vms.owner_id {where} "
-            f"ORDER BY vms.created_at DESC, vms.id LIMIT ? OFFSET ?",
-            [*params, query.limit, (query.page - 1) * query.limit],
+        where, params = ("WHERE vms.owner_id = ?", [owner_id]) if owner_id is not None else ("", [])
+        offset, limit = (query.page - 1) * query.limit, query.limit
+        rows = conn.execute(
+            "SELECT vms.*, users.username AS owner_username FROM vms "  # noqa: S608
+            "JOIN users ON users.id = vms.owner_id "
+            f"WHERE vms.id IN (SELECT vms.id FROM vms {where} {newest_first} LIMIT ? OFFSET ?) "
+            f"{newest_first}",
+            [*params, limit, offset],
         ).fetchall()
-        if found:
-            total = int(found[0]["total"])
-        else:
-            total = int(conn.execute(f"SELECT count(*) FROM vms {where}", params).fetchone()[0])  # noqa: S608
-        return [_vm(row(r), r["owner_username"]) for r in found], total  # type: ignore[arg-type]
+        vms = [_vm(r, r.owner_username) for r in rows]
+        if rows and len(rows) < limit:  # the last page: the total is known without counting
+            return vms, offset + len(rows)
+        if not rows and offset == 0:
+            return vms, 0
+        total = conn.execute(f"SELECT count(*) AS n FROM vms {where}", params).fetchone().n  # noqa: S608
+        return vms, int(total)
 
-    AuthService._live_user = _live_user  # type: ignore[method-assign]
-    VMService.list = service_list  # type: ignore[method-assign]
+    AuthService._live_user = live_user  # type: ignore[method-assign]
+    VMService.list = list_vms  # type: ignore[method-assign]

@@ -10,7 +10,9 @@ from voidvm_server.drivers.base import VMStats
 
 
 def iso(value: datetime | None) -> str | None:
-    return value.strftime("%Y-%m-%dT%H:%M:%SZ") if value else None
+    """UTC to the second, e.g. 2026-11-29T03:10:00Z (every stored time is UTC; isoformat is C and
+    several times cheaper than strftime, which shows on a page of VMs)."""
+    return value.isoformat(timespec="seconds")[:19] + "Z" if value else None
 
 
 def user_json(user: User) -> dict[str, Any]:

@@ -173,7 +173,8 @@ class Database:
                 yield s
             return
         try:
-            with self._readers() as session, session.begin():
+            # No begin/commit: the session is closed (and its connection reset) when the block ends.
+            with self._readers() as session:
                 # Typed as AsyncSession so that the repositories take it: it has that class's read
                 # methods, and a write through it fails (query_only).
                 yield cast(AsyncSession, InLoopReader(session))

@@ -86,10 +86,7 @@ class ImageRow(Base):
 
 class VMRow(Base):
     __tablename__ = "vms"
-    __table_args__ = (
-        UniqueConstraint("owner_id", "name", name="uq_vms_owner_name"),
-        Index("ix_vms_owner_created", "owner_id", "created_at"),
-    )
+    __table_args__ = (UniqueConstraint("owner_id", "name", name="uq_vms_owner_name"),)
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
     name: Mapped[str] = mapped_column(String(63))
     description: Mapped[str] = mapped_column(Text, default="")
@@ -103,9 +100,15 @@ class VMRow(Base):
     owner_id: Mapped[str] = mapped_column(ForeignKey("users.id"))
     ssh_port: Mapped[int | None] = mapped_column(Integer)
     pid: Mapped[int | None] = mapped_column(Integer)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+# In the list's default order (newest first, the id breaking ties), for everyone and per owner: a
+# page's ids come straight off the index (migration 0002).
+Index("ix_vms_newest_first", VMRow.created_at.desc(), VMRow.id)
+Index("ix_vms_owner_newest_first", VMRow.owner_id, VMRow.created_at.desc(), VMRow.id)
 
 
 class AuditRow(Base):
