@@ -174,6 +174,11 @@ async def test_list_paginates_searches_filters_and_sorts(api: Api, admin_token: 
     page = (await api.client.get("/api/v1/vms?limit=2&page=2&sort=name", headers=headers)).json()["data"]
     assert page["pagination"] == {"page": 2, "limit": 2, "total": 3, "pages": 2}
     assert [v["name"] for v in page["vms"]] == ["web-2"]
+    full = (await api.client.get("/api/v1/vms?limit=2&page=1", headers=headers)).json()["data"]
+    assert full["pagination"]["total"] == 3  # a full page: the total is counted
+    assert [v["name"] for v in full["vms"]] == ["db-1", "web-2"]  # newest first
+    past = (await api.client.get("/api/v1/vms?limit=2&page=5", headers=headers)).json()["data"]
+    assert past["vms"] == [] and past["pagination"]["total"] == 3
     found = (await api.client.get("/api/v1/vms?search=web", headers=headers)).json()["data"]
     assert sorted(v["name"] for v in found["vms"]) == ["web-1", "web-2"]
     none = (await api.client.get("/api/v1/vms?status=running", headers=headers)).json()["data"]

@@ -62,6 +62,11 @@ def database_unavailable(exc: BaseException) -> bool:
     return False
 
 
+def _sqlite_code(exc: BaseException) -> int:
+    orig = getattr(exc, "orig", None)
+    return getattr(orig, "sqlite_errorcode", -1) & 0xFF if isinstance(orig, sqlite3.Error) else -1
+
+
 def database_storage_problem(exc: BaseException) -> StorageError | None:
     """A StorageError when the database refused a write because its disk is full (SQLite's
     SQLITE_FULL, PostgreSQL's 53100) or read-only (SQLITE_READONLY); None otherwise."""
@@ -95,6 +100,7 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 
 def _sqlite_read_only(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")  # already so (the writer sets it): then a no-op
     cursor.execute("PRAGMA query_only=ON")  # a write through the reader fails, never waits
     cursor.execute("PRAGMA busy_timeout=1000")
     cursor.close()
@@ -154,9 +160,15 @@ class Database:
         The connection is taken first: when the database cannot be reached, the caller gets a
         ServiceUnavailableError (503) instead of whatever the driver raised (asyncpg lets a bare
         ConnectionRefusedError through while PostgreSQL restarts)."""
+        async with self._session() as session:
+            yield session
+
+    @asynccontextmanager
+    async def _session(self, *, read_only: bool = False) -> AsyncIterator[AsyncSession]:
+        options = {"postgresql_readonly": True} if read_only and not self.is_sqlite else {}
         async with self._sessions() as session, session.begin():
             try:
-                await session.connection()
+                await session.connection(execution_options=options)
             except (OSError, sa_exc.SQLAlchemyError) as exc:
                 if isinstance(exc, OSError) or database_unavailable(exc):
                     raise unavailable() from exc
@@ -167,9 +179,10 @@ class Database:
     async def reading(self) -> AsyncIterator[AsyncSession]:
         """A read-only unit of work for reads that stand alone (nothing of the caller's own
         transaction to see). On SQLite it runs in the event loop (see `InLoopReader`); elsewhere
-        it is an ordinary session (asyncpg has no worker thread to avoid)."""
+        it is a READ ONLY transaction (asyncpg has no worker thread to avoid), so that a write
+        sent through it fails on every database alike."""
         if self._readers is None:
-            async with self.session() as s:
+            async with self._session(read_only=True) as s:
                 yield s
             return
         try:
@@ -179,7 +192,8 @@ class Database:
                 # methods, and a write through it fails (query_only).
                 yield cast(AsyncSession, InLoopReader(session))
         except sa_exc.SQLAlchemyError as exc:
-            if database_unavailable(exc):
+            # SQLITE_READONLY here is a write sent through the reader: a bug (500), not an outage.
+            if database_unavailable(exc) and _sqlite_code(exc) != sqlite3.SQLITE_READONLY:
                 raise unavailable() from exc
             raise
 

@@ -478,7 +478,9 @@ class VMRepository:
         if not rows and offset == 0:
             return vms, 0
         count = select(func.count()).select_from(VMRow.__table__).where(*conditions)
-        return vms, int(await self.session.scalar(count) or 0)
+        total = int(await self.session.scalar(count) or 0)
+        # Two statements: a delete in between must not leave a total smaller than the page shows.
+        return vms, max(total, offset + len(rows)) if rows else total
 
     async def all(self) -> builtins.list[VM]:
         return [_vm(r, r.owner_username) for r in (await self.session.execute(self._select())).all()]

@@ -17,5 +17,6 @@ class SystemService:
             return await VMRepository(s).count_by_status()
 
     async def event_counts(self, since: datetime) -> dict[str, int]:
-        async with self.db.reading() as s:
+        # A range scan that grows with the audit log: off the event loop (not `reading()`).
+        async with self.db.session() as s:
             return await AuditRepository(s).count_since(since)

@@ -104,7 +104,9 @@ class VMService:
         owner_id: str | None = principal.id
         if principal.is_admin:
             owner_id = await self._owner_id(query.owner) if query.owner else None
-        async with self.db.reading() as s:
+        # A search scans every VM it may match: off the event loop. Pages come off an index.
+        unit_of_work = self.db.session if query.search else self.db.reading
+        async with unit_of_work() as s:
             return await VMRepository(s).list(
                 owner_id=owner_id,
                 status=query.status,
