@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
+import http.server
 import subprocess
+import threading
 from pathlib import Path
 
 import httpx
@@ -131,10 +134,10 @@ async def test_a_redirect_to_an_internal_address_is_refused(
         resolved.append(host)
         return {"images.example.org": ["93.184.216.34"], "169.254.169.254": ["169.254.169.254"]}[host]
 
-    requested: list[str] = []
+    requested: list[tuple[str, str]] = []
 
     def handler(request: httpx.Request) -> httpx.Response:
-        requested.append(str(request.url))
+        requested.append((str(request.url), request.headers["host"]))
         return httpx.Response(302, headers={"location": "http://169.254.169.254/latest/meta-data"})
 
     real_client = httpx.AsyncClient
@@ -144,5 +147,65 @@ async def test_a_redirect_to_an_internal_address_is_refused(
     )
     with pytest.raises(ValidationError, match="private"):
         await fetch.download("http://images.example.org/x.qcow2", tmp_path / "out", max_bytes=1024)
-    assert requested == ["http://images.example.org/x.qcow2"]  # the internal hop was never requested
+    # Sent to the address that was checked, under its own name; the internal hop never requested.
+    assert requested == [("http://93.184.216.34/x.qcow2", "images.example.org")]
     assert resolved == ["images.example.org", "169.254.169.254"]
+
+
+class _ImageServer:
+    """A tiny HTTP server on 127.0.0.1 that records the Host header of every request."""
+
+    def __init__(self, body: bytes) -> None:
+        self.hosts: list[str] = []
+        hosts = self.hosts
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                hosts.append(self.headers["Host"])
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+async def test_the_connection_goes_to_the_address_that_was_checked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """DNS rebinding: the name is resolved once per hop and that answer is the one connected to.
+    The name does not exist in real DNS, so the download works only through the pinned address;
+    the first address refuses connections (nothing listens on 127.0.0.2), the second serves."""
+    lookups: list[str] = []
+
+    async def fake_resolve(host: str, port: int) -> list[str]:
+        lookups.append(host)
+        return ["127.0.0.2", "127.0.0.1"]
+
+    monkeypatch.setattr(fetch, "resolve", fake_resolve)
+    server = _ImageServer(b"disk bytes")
+    try:
+        url = f"http://images.invalid:{server.port}/x.raw"
+        digest = await fetch.download(url, tmp_path / "out", max_bytes=1024, allow_private=True)
+    finally:
+        server.close()
+    assert (tmp_path / "out").read_bytes() == b"disk bytes"
+    assert digest == hashlib.sha256(b"disk bytes").hexdigest()
+    assert lookups == ["images.invalid"]
+    assert server.hosts == [f"images.invalid:{server.port}"]
+
+
+def test_a_pinned_https_request_keeps_the_name_for_tls() -> None:
+    target, headers, extensions = fetch.pinned("https://images.example.org:8443/a/b.qcow2?x=1", "2001:db8::7")
+    assert target == "https://[2001:db8::7]:8443/a/b.qcow2?x=1"
+    assert headers == {"Host": "images.example.org:8443"}
+    assert extensions == {"sni_hostname": "images.example.org"}

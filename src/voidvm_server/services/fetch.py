@@ -2,6 +2,11 @@
 
 The checks keep a user from making the server reach loopback, link-local (cloud metadata) or
 private networks. An admin can allow private targets for a lab with `allow_private`.
+
+Each hop's host is resolved once, and the connection goes to an address that was checked: the
+request is sent to that address with the original Host header (and, for https, the original name
+for SNI and the certificate check), so a DNS answer that changes between the check and the connect
+(DNS rebinding) cannot redirect it. No proxy from the environment is used, for the same reason.
 """
 
 from __future__ import annotations
@@ -10,8 +15,11 @@ import asyncio
 import hashlib
 import ipaddress
 import socket
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
-from urllib.parse import urljoin, urlsplit
+from typing import Any
+from urllib.parse import urljoin, urlsplit, urlunsplit
 
 import httpx
 
@@ -20,22 +28,59 @@ from voidvm_server.errors import ValidationError
 MAX_REDIRECTS = 5
 
 
-async def check_target(url: str, *, allow_private: bool) -> None:
+async def check_target(url: str, *, allow_private: bool) -> list[str]:
+    """The addresses `url`'s host resolves to, each one checked: connect only to these."""
     parts = urlsplit(url)
     if parts.scheme not in {"http", "https"} or not parts.hostname:
         raise ValidationError("url", "must be an http or https URL with a host")
     if parts.username or parts.password:
         raise ValidationError("url", "must not carry credentials")
-    if allow_private:
-        return
     try:
         addresses = await resolve(parts.hostname, parts.port or (443 if parts.scheme == "https" else 80))
     except OSError as exc:
         raise ValidationError("url", f"the host '{parts.hostname}' could not be resolved") from exc
-    for text in addresses:
+    if not addresses:
+        raise ValidationError("url", f"the host '{parts.hostname}' could not be resolved")
+    for text in addresses if not allow_private else ():
         address = ipaddress.ip_address(text)
         if not address.is_global or address.is_multicast:
             raise ValidationError("url", "points at a loopback, link-local or private address")
+    return list(dict.fromkeys(addresses))
+
+
+def pinned(url: str, address: str) -> tuple[str, dict[str, str], dict[str, Any]]:
+    """The request for `url` sent to `address`: same path and Host header; for https the URL's
+    host name still goes into SNI and the certificate check."""
+    parts = urlsplit(url)
+    host = f"[{address}]" if ":" in address else address
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    extensions = {"sni_hostname": parts.hostname} if parts.scheme == "https" else {}
+    return urlunsplit(parts._replace(netloc=netloc)), {"Host": parts.netloc}, extensions
+
+
+@asynccontextmanager
+async def _get(client: httpx.AsyncClient, url: str, *, allow_private: bool) -> AsyncIterator[httpx.Response]:
+    """GET `url` (streamed) from the first of its checked addresses that accepts a connection."""
+    refused: httpx.ConnectError | None = None
+    for address in await check_target(url, allow_private=allow_private):
+        target, headers, extensions = pinned(url, address)
+        request = client.build_request("GET", target, headers=headers, extensions=extensions)
+        try:
+            response = await client.send(request, stream=True)
+        except httpx.ConnectError as exc:
+            refused = exc
+            continue
+        try:
+            yield response
+        finally:
+            await response.aclose()
+        return
+    assert refused is not None  # check_target returns at least one address
+    raise refused
+
+
+def _client(timeout: float) -> httpx.AsyncClient:
+    return httpx.AsyncClient(follow_redirects=False, timeout=timeout, trust_env=False)
 
 
 async def resolve(host: str, port: int) -> list[str]:
@@ -64,10 +109,9 @@ async def _download(
     url: str, dest: Path, max_bytes: int, allow_private: bool, timeout: float, algorithm: str
 ) -> str:
     digest = hashlib.new(algorithm)
-    async with httpx.AsyncClient(follow_redirects=False, timeout=timeout) as client:
+    async with _client(timeout) as client:
         for _ in range(MAX_REDIRECTS + 1):
-            await check_target(url, allow_private=allow_private)
-            async with client.stream("GET", url) as response:
+            async with _get(client, url, allow_private=allow_private) as response:
                 if response.is_redirect:
                     url = urljoin(url, response.headers.get("location", ""))
                     continue
@@ -89,13 +133,17 @@ async def _download(
 
 
 async def fetch_text(url: str, *, max_bytes: int = 1024 * 1024) -> str:
-    async with httpx.AsyncClient(follow_redirects=False, timeout=30) as client:
+    async with _client(30) as client:
         for _ in range(MAX_REDIRECTS + 1):
-            await check_target(url, allow_private=False)
-            response = await client.get(url)
-            if response.is_redirect:
-                url = urljoin(url, response.headers.get("location", ""))
-                continue
-            response.raise_for_status()
-            return response.text[:max_bytes]
+            async with _get(client, url, allow_private=False) as response:
+                if response.is_redirect:
+                    url = urljoin(url, response.headers.get("location", ""))
+                    continue
+                response.raise_for_status()
+                body = bytearray()
+                async for chunk in response.aiter_bytes():
+                    body += chunk
+                    if len(body) > max_bytes:
+                        break
+                return bytes(body[:max_bytes]).decode(response.encoding or "utf-8", errors="replace")
     raise ValidationError("url", "too many redirects")
