@@ -52,6 +52,7 @@ def serve(
 ) -> None:
     """Run the API server (builds the built-in tiny guest image first if it is missing)."""
     from voidvm_server.api.app import create_app
+    from voidvm_server.api.ws.deadline import AbortableWebSocketsProtocol
     from voidvm_server.tiny import install_tiny_image
 
     settings = _settings(
@@ -70,6 +71,7 @@ def serve(
         host=settings.host,
         port=settings.port,
         log_config=None,
+        ws=AbortableWebSocketsProtocol,  # uvicorn's default, plus a way to drop stalled clients
         ws_max_size=settings.ws_max_message_bytes,
         ws_ping_interval=settings.ws_ping_interval_seconds,
         ws_ping_timeout=settings.ws_ping_interval_seconds,

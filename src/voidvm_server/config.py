@@ -86,6 +86,7 @@ class Settings(BaseSettings):
     ws_revalidate_seconds: float = 5.0  # how often open sockets re-check their token
     ws_max_message_bytes: int = 64 * 1024
     ws_messages_per_second: int = 50
+    ws_send_timeout_seconds: float = 30.0  # a client that takes no data for this long is cut off
     ws_ticket_ttl_seconds: float = 30.0
     console_replay_bytes: int = 4096
 

@@ -1,4 +1,5 @@
-"""The WebSocket parts on their own: tickets, throttle, Origin rules, parsing, event routing."""
+"""The WebSocket parts on their own: tickets, throttle, Origin rules, parsing, event routing,
+send deadlines."""
 
 from __future__ import annotations
 
@@ -7,8 +8,9 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from starlette.websockets import WebSocket, WebSocketState
 
-from voidvm_server.api.ws import protocol
+from voidvm_server.api.ws import deadline, protocol
 from voidvm_server.api.ws.guards import origin_allowed
 from voidvm_server.api.ws.logfilter import redact
 from voidvm_server.api.ws.subscriptions import EventRouter
@@ -171,3 +173,57 @@ async def test_an_event_that_carries_the_vm_fields_is_rendered_without_a_read() 
     text = renderer.text(event)
     assert '"cpu":2' in text and '"eventId":1' in text and '"previous":null' in text
     assert renderer.text(event) is text  # rendered once, shared
+
+
+def socket_that(send: Any, aborts: list[str]) -> WebSocket:
+    """A connected Starlette WebSocket over `send`, served with the abort extension."""
+    scope = {"type": "websocket", "extensions": {deadline.ABORT: {"abort": aborts.append}}}
+    websocket = WebSocket(scope, receive=asyncio.Event().wait, send=send)  # type: ignore[arg-type]
+    websocket.application_state = WebSocketState.CONNECTED
+    return websocket
+
+
+async def _never(message: Any) -> None:
+    await asyncio.Event().wait()  # a client that takes nothing: the write buffer stays full
+
+
+async def test_a_send_past_its_deadline_aborts_the_connection() -> None:
+    aborts: list[str] = []
+    websocket = socket_that(_never, aborts)
+    with pytest.raises(deadline.StalledClient):
+        await deadline.send(websocket, "hello", 0.05)
+    assert aborts == ["send deadline passed"]
+    assert websocket.application_state is WebSocketState.DISCONNECTED
+    await deadline.close(websocket, 1000, "bye", 0.05)  # nothing more to do: no second abort
+    assert aborts == ["send deadline passed"]
+
+
+async def test_a_close_that_cannot_be_written_aborts_the_connection() -> None:
+    aborts: list[str] = []
+    await deadline.close(socket_that(_never, aborts), 1013, "slow", 0.05)
+    assert aborts == ["send deadline passed"]
+
+
+async def test_a_close_that_is_written_still_has_to_complete_within_the_deadline() -> None:
+    aborts: list[str] = []
+    sent: list[Any] = []
+
+    async def accepts(message: Any) -> None:
+        sent.append(message)
+
+    await deadline.close(socket_that(accepts, aborts), 1000, "bye", 0.05)
+    assert sent == [{"type": "websocket.close", "code": 1000, "reason": "bye"}] and aborts == []
+    async with asyncio.timeout(5):  # then it aborts, a no-op if the connection has ended by itself
+        while not aborts:  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
+    assert aborts == ["no close reply in time"]
+
+
+async def test_closing_a_socket_whose_client_went_first_is_quiet() -> None:
+    aborts: list[str] = []
+
+    async def gone(message: Any) -> None:
+        raise OSError("the client went first")  # what uvicorn raises (ClientDisconnected)
+
+    await deadline.close(socket_that(gone, aborts), 1000, "bye", 0.05)
+    assert aborts == []

@@ -64,7 +64,9 @@ class EventSocket:
         self.credential: str | None = None
         self._token = token
         self._resume_from = resume_from
-        self.outbox: Outbox[Outgoing] = Outbox(websocket, self._render)
+        self.outbox: Outbox[Outgoing] = Outbox(
+            websocket, self._render, send_timeout=self.settings.ws_send_timeout_seconds
+        )
         self.router = EventRouter(container.bus, lambda: self.principal, self.outbox.put, self._gap)
         self.samplers = Samplers(self._push, self._fail)
         self.terminals = Terminals(container.consoles, self.reply, self._fail)

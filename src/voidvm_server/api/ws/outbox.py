@@ -2,23 +2,23 @@
 
 Producers (the event bus, the console, request handlers) never await the network: they `put` and
 return. A client that reads so slowly that `limit` items pile up is closed with 1013 ("try again
-later"); an event-stream client then reconnects and resumes from its last event id.
+later"); an event-stream client then reconnects and resumes from its last event id. One that
+takes no data at all for `send_timeout` seconds is cut off (see `deadline`).
 A `Close` item closes the socket after everything queued before it has been sent.
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-from starlette.websockets import WebSocket, WebSocketState
+from starlette.websockets import WebSocket
 
+from voidvm_server.api.ws import deadline
 from voidvm_server.api.ws.protocol import CLOSE_TRY_LATER
 
-log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
@@ -34,9 +34,12 @@ class Outbox(Generic[T]):
         websocket: WebSocket,
         render: Callable[[T], Awaitable[str | bytes | None]],
         limit: int = 4096,
+        *,
+        send_timeout: float,
     ) -> None:
         self.websocket = websocket
         self.render = render
+        self.send_timeout = send_timeout
         self._queue: asyncio.Queue[T | Close] = asyncio.Queue(limit)
         self._closing: Close | None = None
 
@@ -70,23 +73,13 @@ class Outbox(Generic[T]):
         self._queue.put_nowait(self._closing)
 
     async def run(self) -> None:
-        """Send until a Close item; returns once the socket is closed (by either side)."""
+        """Send until a Close item; returns once the socket is closed (by either side). Raises
+        `StalledClient` when a send misses its deadline."""
         while True:
             item = await self._queue.get()
             if isinstance(item, Close):
-                await self._close(item)
+                await deadline.close(self.websocket, item.code, item.reason, self.send_timeout)
                 return
             payload = await self.render(item)
-            if payload is None:
-                continue
-            if isinstance(payload, bytes):
-                await self.websocket.send_bytes(payload)
-            else:
-                await self.websocket.send_text(payload)
-
-    async def _close(self, item: Close) -> None:
-        if self.websocket.application_state is WebSocketState.CONNECTED:
-            try:
-                await self.websocket.close(item.code, item.reason)
-            except (RuntimeError, OSError) as exc:  # the client went first
-                log.debug("Closing a WebSocket failed: %s", exc)
+            if payload is not None:
+                await deadline.send(self.websocket, payload, self.send_timeout)

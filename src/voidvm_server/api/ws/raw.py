@@ -4,19 +4,20 @@ Authorized by a single-use ticket (`?ticket=`, from `POST /vms/{id}/console`) or
 (`Authorization: Bearer` or `?token=`). Both count against the per-user socket limit and are
 closed when the credential behind them is revoked. Binary frames both ways; text frames from
 the client are accepted as UTF-8. Close codes: 4401 credentials, 4404 no such VM, 4409 VM not
-running, 1008 socket limit, 1009 frame too large, 1013 server full, 1000 stream ended.
+running, 1008 socket limit, 1009 frame too large, 1013 server full, 1000 stream ended. A client
+that takes no data for `ws_send_timeout_seconds` is cut off without a close frame.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from typing import Any
 
-from starlette.websockets import WebSocket, WebSocketState
+from starlette.websockets import WebSocket
 
 from voidvm_server.api.container import Container
+from voidvm_server.api.ws import deadline
 from voidvm_server.api.ws import protocol as p
 from voidvm_server.api.ws.guards import bearer
 from voidvm_server.api.ws.outbox import Outbox
@@ -38,6 +39,7 @@ class RawStream:
         self.websocket = websocket
         self.container = container
         self.vm_id = vm_id
+        self.send_timeout = container.settings.ws_send_timeout_seconds
         self.principal: Principal | None = None
         self.credential: str | None = None
         self._stop = asyncio.Event()
@@ -67,9 +69,7 @@ class RawStream:
                 self._close = refusal
         finally:
             hub.leave(self)
-            if self.websocket.application_state is WebSocketState.CONNECTED:
-                with contextlib.suppress(RuntimeError, OSError):
-                    await self.websocket.close(*self._close)
+            await deadline.close(self.websocket, *self._close, self.send_timeout)
 
     async def _authorize(self) -> tuple[int, str] | None:
         secret = self.websocket.query_params.get("ticket")
@@ -129,7 +129,9 @@ class RawConsole(RawStream):
 
     def __init__(self, websocket: WebSocket, container: Container, vm_id: str) -> None:
         super().__init__(websocket, container, vm_id)
-        self._outbox: Outbox[bytes] = Outbox(websocket, self._identity, limit=1024)
+        self._outbox: Outbox[bytes] = Outbox(
+            websocket, self._identity, limit=1024, send_timeout=self.send_timeout
+        )
 
     def on_output(self, data: bytes) -> None:
         self._outbox.put(data)
@@ -187,7 +189,7 @@ class VncProxy(RawStream):
 
     async def _to_client(self, reader: asyncio.StreamReader) -> None:
         while data := await reader.read(CHUNK):
-            await self.websocket.send_bytes(data)
+            await deadline.send(self.websocket, data, self.send_timeout)
 
     async def _to_vm(self, writer: asyncio.StreamWriter) -> None:
         while (data := await self._receive_bytes()) is not None:
