@@ -153,7 +153,7 @@ async def running_api(
         )
         transport = httpx.ASGITransport(app=manager.app)
         async with httpx.AsyncClient(
-            transport=transport, base_url="http://testserver", timeout=120
+            transport=transport, base_url="http://localhost", timeout=120
         ) as client:
             yield Api(client, container)
 

@@ -52,7 +52,7 @@ def serve(
 ) -> None:
     """Run the API server (builds the built-in tiny guest image first if it is missing)."""
     from voidvm_server.api.app import create_app
-    from voidvm_server.api.ws.deadline import AbortableWebSocketsProtocol
+    from voidvm_server.api.serving import serving_config
     from voidvm_server.tiny import install_tiny_image
 
     settings = _settings(
@@ -66,17 +66,7 @@ def serve(
             asyncio.run(install_tiny_image(settings))
         except Exception as exc:  # the server still runs; VMs then need an imported image
             console.print(f"[yellow]Could not build the tiny guest image: {exc}[/yellow]")
-    uvicorn.run(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        log_config=None,
-        ws=AbortableWebSocketsProtocol,  # uvicorn's default, plus a way to drop stalled clients
-        ws_max_size=settings.ws_max_message_bytes,
-        ws_ping_interval=settings.ws_ping_interval_seconds,
-        ws_ping_timeout=settings.ws_ping_interval_seconds,
-        timeout_graceful_shutdown=5,
-    )
+    uvicorn.Server(serving_config(create_app(settings), settings)).run()
 
 
 @app.command()

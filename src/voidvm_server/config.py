@@ -5,14 +5,18 @@ There is no global instance: the CLI builds one `Settings` and passes it down.
 
 from __future__ import annotations
 
+import json
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_ADMIN_PASSWORD = "admin123"  # the seed's quick start relies on it
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
+# A list read from one environment variable as "a, b, c" (or a TOML array).
+CommaList = Annotated[list[str], NoDecode]
 
 # Test-only: the points where VOIDVM_TEST_PAUSE_AT makes the VM service stop for good (so that a
 # fault test can kill -9 the server exactly there). See docs/reliability.md.
@@ -30,6 +34,14 @@ class Settings(BaseSettings):
 
     host: str = "127.0.0.1"
     port: int = 3000
+    # Host names the server answers to, besides localhost, 127.0.0.1, [::1] and a specific listen
+    # address; "*" answers to any (then DNS rebinding protection is off). See docs/security.md.
+    allowed_hosts: CommaList = Field(default_factory=list)
+    # Proxies whose X-Forwarded-For / X-Forwarded-Proto are believed (addresses or networks).
+    trusted_proxies: CommaList = Field(default_factory=list)
+    header_timeout_seconds: float = 10.0  # a request's line and headers must arrive within this
+    body_timeout_seconds: float = 30.0  # the longest wait for the next piece of a request body
+    max_connections: int = 1024  # open HTTP and WebSocket connections; more answer 503
     data_dir: Path = Path("./data")
     database_url: str | None = Field(
         default=None, description="SQLAlchemy async URL; default is a SQLite file in data_dir"
@@ -46,9 +58,12 @@ class Settings(BaseSettings):
     admin_password: SecretStr | None = None
     allow_default_admin_password: bool = False
 
-    login_max_failures: int = 5
+    login_max_failures: int = 5  # per account and client address, within login_lockout_seconds
     login_lockout_seconds: int = 300
-    login_attempts_per_minute: int = 10
+    login_max_failures_per_account: int = 100  # from all addresses together, same window
+    login_attempts_per_minute: int = 10  # failed logins per client address, any account
+    login_max_concurrent: int = 8  # password checks in flight; more answer 429 LOGIN_BUSY
+    password_hash_workers: int = 1  # threads that run argon2 (each check takes ~0.1 s of CPU)
 
     rate_limit: str = "100/minute"
     max_body_bytes: int = 1024 * 1024
@@ -79,9 +94,11 @@ class Settings(BaseSettings):
     console_log_max_bytes: int = 1024 * 1024
 
     ws_max_per_user: int = 10
-    ws_max_total: int = 1000
+    ws_max_total: int = 1000  # authenticated sockets
+    ws_max_anonymous: int = 100  # sockets still in their auth grace period, from all clients
+    ws_max_anonymous_per_client: int = 10  # ... from one client address
     ws_auth_grace_seconds: float = 5.0
-    ws_allowed_origins: list[str] = Field(default_factory=list)
+    ws_allowed_origins: CommaList = Field(default_factory=list)
     ws_ping_interval_seconds: float = 30.0  # protocol-level pings, sent by uvicorn
     ws_revalidate_seconds: float = 5.0  # how often open sockets re-check their token
     ws_max_message_bytes: int = 64 * 1024
@@ -97,6 +114,24 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     metrics_public: bool = False
     stats_interval_seconds: float = 10.0
+
+    @field_validator("allowed_hosts", "trusted_proxies", "ws_allowed_origins", mode="before")
+    @classmethod
+    def _split_commas(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [part.strip() for part in text.split(",") if part.strip()]
+        return value
+
+    @property
+    def answered_hosts(self) -> frozenset[str]:
+        """Host names (lower case, no port, no brackets) that requests may name in `Host`."""
+        names = {*LOOPBACK_NAMES, *(h.strip().lower().strip("[]") for h in self.allowed_hosts)}
+        if self.host not in {"0.0.0.0", "::", ""}:
+            names.add(self.host.lower().strip("[]"))
+        return frozenset(names)
 
     @property
     def resolved_database_url(self) -> str:

@@ -199,7 +199,7 @@ async def serve(settings: Settings, tiny: tuple[Path, Path] | None) -> AsyncIter
                 "tiny", tiny[0], tiny[1], TINY_KERNEL_CMDLINE, default=True
             )
         transport = httpx.ASGITransport(app=manager.app)
-        base = "http://testserver"
+        base = "http://localhost"
         async with httpx.AsyncClient(transport=transport, base_url=base, timeout=120) as client:
             yield Api(client, container)
 

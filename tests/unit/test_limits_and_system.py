@@ -128,7 +128,9 @@ async def test_system_info_reports_the_host_and_accelerator(api: Api, admin_toke
     token = await api.login("viewer", "password-123")
     info = (await api.client.get("/api/v1/system/info", headers=auth(token))).json()["data"]
     assert info["hypervisor"]["accelerator"] == "fake"
-    assert info["default_admin_password"] is True
+    assert info["default_admin_password"] is None  # admins only
+    admin_info = (await api.client.get("/api/v1/system/info", headers=auth(admin_token))).json()["data"]
+    assert admin_info["default_admin_password"] is True
     assert info["host"]["arch"] and info["memory"]["total_mb"] > 0
     version = (await api.client.get("/api/v1/system/version", headers=auth(token))).json()["data"]
     assert version["api_version"] == "v1"

@@ -24,7 +24,7 @@ from websockets.exceptions import ConnectionClosed
 from tests.conftest import TCG_SCALE, auth, fake_driver_factory, kill_all_vms, make_settings
 from voidvm_server.api.app import DriverFactory, create_app
 from voidvm_server.api.container import Container
-from voidvm_server.api.ws.deadline import AbortableWebSocketsProtocol
+from voidvm_server.api.serving import serving_config
 from voidvm_server.config import Settings
 from voidvm_server.drivers.qemu.tiny_image import TINY_KERNEL_CMDLINE
 
@@ -139,11 +139,7 @@ async def serve(
     settings: Settings, driver_factory: DriverFactory | None, tiny: tuple[Path, Path] | None
 ) -> AsyncIterator[WsServer]:
     app = create_app(settings, driver_factory=driver_factory)
-    config = uvicorn.Config(  # as `voidvm-server serve` runs it
-        app, host="127.0.0.1", port=0, log_config=None, access_log=False, lifespan="on",
-        ws=AbortableWebSocketsProtocol, ws_max_size=settings.ws_max_message_bytes * 4,
-        ws_ping_interval=settings.ws_ping_interval_seconds, ws_ping_timeout=settings.ws_ping_interval_seconds,
-    )  # fmt: skip
+    config = serving_config(app, settings, host="127.0.0.1", port=0)  # as `voidvm-server serve` runs it
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())
     try:

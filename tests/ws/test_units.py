@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from starlette.websockets import WebSocket, WebSocketState
 
+from voidvm_server.api.hosts import HostPolicy
 from voidvm_server.api.ws import deadline, protocol
 from voidvm_server.api.ws.guards import origin_allowed
 from voidvm_server.api.ws.logfilter import redact
@@ -69,21 +70,33 @@ def test_the_throttle_allows_a_burst_then_the_rate() -> None:
     assert throttle.should_warn()
 
 
+DEFAULT_HOSTS = HostPolicy(frozenset({"localhost", "127.0.0.1", "::1", "vvm.lan"}), any_host=False)
+
+
 @pytest.mark.parametrize(
     ("origin", "host", "allowed", "ok"),
     [
         (None, "localhost:3000", [], True),  # not a browser
         ("http://localhost:3000", "localhost:3000", [], True),
-        ("http://localhost:5173", "localhost:3000", [], True),  # same host, another port
+        ("http://localhost:5173", "localhost:3000", [], True),  # an answered host, another port
+        ("http://vvm.lan", "localhost:3000", [], True),  # a configured name
         ("https://evil.example", "localhost:3000", [], False),
         ("https://app.example", "localhost:3000", ["https://app.example/"], True),
         ("https://evil.example", "localhost:3000", ["*"], True),
         ("null", "localhost:3000", [], False),
         ("http://[::1]:8080", "[::1]:3000", [], True),
+        # DNS rebinding: the page's own name, in Origin and Host alike, is still refused
+        ("http://rebind.example:3000", "rebind.example:3000", [], False),
     ],
 )
 def test_origin_rules(origin: str | None, host: str, allowed: list[str], ok: bool) -> None:
-    assert origin_allowed(origin, host, allowed) is ok
+    assert origin_allowed(origin, host, DEFAULT_HOSTS, allowed) is ok
+
+
+def test_origin_must_match_the_host_only_when_any_host_is_answered() -> None:
+    anything = HostPolicy(frozenset(), any_host=True)
+    assert origin_allowed("http://box.example:8080", "box.example:3000", anything, [])
+    assert not origin_allowed("http://evil.example", "box.example:3000", anything, [])
 
 
 def test_secrets_in_urls_are_redacted() -> None:

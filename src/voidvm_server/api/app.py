@@ -13,6 +13,7 @@ from prometheus_client import CollectorRegistry
 from voidvm_server import __version__
 from voidvm_server.api import errors
 from voidvm_server.api.container import Container
+from voidvm_server.api.hosts import HostPolicy
 from voidvm_server.api.metrics import RequestMetrics
 from voidvm_server.api.middleware import RequestContextMiddleware
 from voidvm_server.api.routes import auth, images, metrics, system, users, vms
@@ -117,6 +118,7 @@ async def build_container(settings: Settings, driver_factory: DriverFactory | No
             max_total=settings.ws_max_total,
             revalidate_seconds=settings.ws_revalidate_seconds,
         ),
+        host_policy=host_policy(settings),
         qemu_version=qemu_version.removeprefix("qemu-img version ").split(" ")[0],
     )
 
@@ -156,6 +158,10 @@ async def stop_services(container: Container) -> None:
     await container.db.close()
 
 
+def host_policy(settings: Settings) -> HostPolicy:
+    return HostPolicy(settings.answered_hosts, any_host="*" in settings.allowed_hosts)
+
+
 def create_app(settings: Settings, *, driver_factory: DriverFactory | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -189,6 +195,8 @@ def create_app(settings: Settings, *, driver_factory: DriverFactory | None = Non
         max_body_bytes=settings.max_body_bytes,
         max_upload_bytes=settings.max_upload_bytes,
         upload_paths=(UPLOAD_PATH,),
+        host_policy=host_policy(settings),
+        body_timeout=settings.body_timeout_seconds,
         metrics=app.state.request_metrics,
         api_prefix=API_PREFIX,
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
+from voidvm_server.api.hosts import HostPolicy
 from voidvm_server.api.ws.hub import ConnectionHub
 from voidvm_server.auth.tokens import TokenService
 from voidvm_server.config import Settings
@@ -47,6 +48,7 @@ class Container:
     tickets: TicketService
     lifecycle: LifecycleEvents
     ws_hub: ConnectionHub
+    host_policy: HostPolicy
     qemu_version: str = "unknown"
     default_admin_password: bool = False
     started_at: float = field(default_factory=time.time)

@@ -1,10 +1,12 @@
-"""Pure ASGI middleware: request ids, body size cap, rate-limit headers, last-resort errors.
+"""Pure ASGI middleware: request ids, the `Host` check, body size cap and read deadline,
+rate-limit headers, last-resort errors.
 
 It is the outermost layer, so every response (a crash's 500 included) gets `X-Request-ID`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
@@ -15,6 +17,7 @@ from typing import Any
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from voidvm_server.api.envelope import error_body
+from voidvm_server.api.hosts import HostPolicy
 from voidvm_server.api.metrics import RequestMetrics
 from voidvm_server.services import context
 
@@ -37,8 +40,12 @@ def _route_label(scope: Scope, api_prefix: str) -> str:
     return path
 
 
-class BodyTooLarge(Exception):
-    pass
+class BodyRefused(Exception):
+    """The request body broke a limit; the middleware answers `status` instead of the app."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
 
 
 class RequestContextMiddleware:
@@ -49,10 +56,14 @@ class RequestContextMiddleware:
         max_body_bytes: int,
         max_upload_bytes: int,
         upload_paths: tuple[str, ...],
+        host_policy: HostPolicy | None = None,
+        body_timeout: float = 30.0,
         metrics: RequestMetrics | None = None,
         api_prefix: str = "/api/v1",
     ) -> None:
         self.app = app
+        self.host_policy = host_policy
+        self.body_timeout = body_timeout
         self.api_prefix = api_prefix
         self.metrics = metrics
         self.max_body = max_body_bytes
@@ -60,10 +71,16 @@ class RequestContextMiddleware:
         self.upload_paths = upload_paths
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] not in {"http", "websocket"}:
             await self.app(scope, receive, send)
             return
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        if self.host_policy is not None and not self.host_policy.allows(headers.get("host")):
+            await self._refuse_host(scope, send)
+            return
+        if scope["type"] == "websocket":
+            await self.app(scope, receive, send)
+            return
         incoming = headers.get("x-request-id", "")
         request_id = incoming if SAFE_REQUEST_ID.match(incoming) else secrets.token_hex(8)
         client = scope.get("client")
@@ -76,31 +93,50 @@ class RequestContextMiddleware:
         started = time.perf_counter()
         status_holder = {"status": 500, "sent": False}
 
-        limit = self.max_upload if scope["path"] in self.upload_paths else self.max_body
+        upload = scope["path"] in self.upload_paths
+        limit = self.max_upload if upload else self.max_body
         declared = headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > limit:
             await self._too_large(send, limit, request_id)
             return
 
         received = 0
-        too_large = {"hit": False}
+        body_done = False
+        # A small body must arrive whole within body_timeout; an upload may take as long as it
+        # needs, but never waits longer than that for its next piece.
+        body_deadline = None if upload else asyncio.get_running_loop().time() + self.body_timeout
+        refused: dict[str, BodyRefused] = {}
 
         async def limited_receive() -> Message:
-            nonlocal received
-            message = await receive()
+            nonlocal received, body_done
+            if body_done:
+                return await receive()
+            try:
+                async with asyncio.timeout(self.body_timeout) as window:
+                    if body_deadline is not None:
+                        window.reschedule(body_deadline)
+                    message = await receive()
+            except TimeoutError:
+                refused["body"] = BodyRefused(
+                    408, "REQUEST_TIMEOUT", f"The request body did not arrive within {self.body_timeout:g} s"
+                )
+                raise refused["body"] from None
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
+                body_done = not message.get("more_body", False)
                 if received > limit:
-                    too_large["hit"] = True
-                    raise BodyTooLarge
+                    refused["body"] = BodyRefused(
+                        413, "PAYLOAD_TOO_LARGE", f"The request body is larger than {limit} bytes"
+                    )
+                    raise refused["body"]
             return message
 
         async def send_with_headers(message: Message) -> None:
-            if too_large["hit"]:
-                # The framework turned our BodyTooLarge into its own answer; ours wins.
+            if "body" in refused:
+                # The framework turned our BodyRefused into its own answer; ours wins.
                 if message["type"] == "http.response.start":
-                    status_holder["status"], status_holder["sent"] = 413, True
-                    await self._too_large(send, limit, request_id)
+                    status_holder["status"], status_holder["sent"] = refused["body"].status, True
+                    await self._send_refusal(send, refused["body"], request_id)
                 return
             if message["type"] == "http.response.start":
                 status_holder["status"] = message["status"]
@@ -113,9 +149,10 @@ class RequestContextMiddleware:
 
         try:
             await self.app(scope, limited_receive, send_with_headers)
-        except BodyTooLarge:
+        except BodyRefused as exc:
             if not status_holder["sent"]:
-                await self._too_large(send, limit, request_id)
+                status_holder["status"] = exc.status
+                await self._send_refusal(send, exc, request_id)
         except Exception:
             log.exception("Unhandled error (request %s)", request_id)
             if not status_holder["sent"]:
@@ -135,21 +172,35 @@ class RequestContextMiddleware:
             )
 
     @classmethod
+    async def _send_refusal(cls, send: Send, refusal: BodyRefused, request_id: str) -> None:
+        # The rest of the body is not read: the connection cannot carry another request.
+        await cls._send_error(send, refusal.status, refusal.code, refusal.message, request_id, close=True)
+
+    @classmethod
+    async def _refuse_host(cls, scope: Scope, send: Send) -> None:
+        message = "This server does not answer to that Host name (see VOIDVM_ALLOWED_HOSTS)"
+        if scope["type"] == "websocket":
+            await send({"type": "websocket.close", "code": 1008, "reason": "host not allowed"})
+            return
+        await cls._send_error(send, 400, "INVALID_HOST", message, secrets.token_hex(8), close=True)
+
+    @classmethod
     async def _too_large(cls, send: Send, limit: int, request_id: str) -> None:
         message = f"The request body is larger than {limit} bytes"
-        await cls._send_error(send, 413, "PAYLOAD_TOO_LARGE", message, request_id)
+        await cls._send_error(send, 413, "PAYLOAD_TOO_LARGE", message, request_id, close=True)
 
     @staticmethod
-    async def _send_error(send: Send, status: int, code: str, message: str, request_id: str) -> None:
+    async def _send_error(
+        send: Send, status: int, code: str, message: str, request_id: str, *, close: bool = False
+    ) -> None:
         body: dict[str, Any] = error_body(code, message)
         payload = json.dumps(body).encode()
-        await send({
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(payload)).encode()),
-                (b"x-request-id", request_id.encode()),
-            ],
-        })  # fmt: skip
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(payload)).encode()),
+            (b"x-request-id", request_id.encode()),
+        ]
+        if close:
+            headers.append((b"connection", b"close"))
+        await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": payload})

@@ -386,7 +386,9 @@ class SystemInfo(Public):
     disk: DiskInfo
     hypervisor: HypervisorInfo
     database: Literal["sqlite", "postgresql"]
-    default_admin_password: bool
+    default_admin_password: bool | None = Field(
+        description="whether 'admin' still has the password admin123; null for users who are not admins"
+    )
 
 
 class VMCounts(Public):

@@ -64,7 +64,7 @@ async def version(_p: CurrentPrincipal) -> JSONResponse:
 
 
 @router.get("/system/info", responses={200: {"model": Envelope[SystemInfo]}})
-async def info(_p: CurrentPrincipal, container: ContainerDep) -> JSONResponse:
+async def info(principal: CurrentPrincipal, container: ContainerDep) -> JSONResponse:
     memory = psutil.virtual_memory()
     disk = psutil.disk_usage(str(container.settings.data_dir))
     uname = platform.uname()
@@ -90,7 +90,8 @@ async def info(_p: CurrentPrincipal, container: ContainerDep) -> JSONResponse:
             "architectures": ["x86_64"],
         },
         "database": "postgresql" if not container.db.is_sqlite else "sqlite",
-        "default_admin_password": container.default_admin_password,
+        # Telling everyone that admin/admin123 still works would invite them to try it.
+        "default_admin_password": container.default_admin_password if principal.is_admin else None,
     }
     return ok(data)
 

@@ -1,37 +1,36 @@
 """Handshake checks shared by every WebSocket endpoint: the Origin allow-list, credentials.
 
 Origin: a request without an Origin header comes from a non-browser client and is allowed. A
-browser's Origin is allowed when its host is the host the client connected to (any port or
-scheme), or when it is listed in `ws_allowed_origins` (exact `scheme://host[:port]`, or `*`).
-Anything else is refused before the handshake completes (HTTP 403, in the envelope).
+browser's Origin is allowed when its host is one the server answers to (`HostPolicy`: localhost,
+127.0.0.1, [::1], the listen address, `allowed_hosts`; any port or scheme), or when it is listed
+in `ws_allowed_origins` (exact `scheme://host[:port]`, or `*`). It is never compared with the
+request's own `Host`, which a DNS-rebinding page controls. Only when `allowed_hosts` holds `*`
+(no Host check at all) does the Origin's host have to equal the `Host` instead. Anything else is
+refused before the handshake completes (HTTP 403, in the envelope).
 """
 
 from __future__ import annotations
-
-from urllib.parse import urlsplit
 
 from fastapi.responses import JSONResponse
 from starlette.websockets import WebSocket
 
 from voidvm_server.api.envelope import error_body
+from voidvm_server.api.hosts import HostPolicy, hostname
 from voidvm_server.api.ws.protocol import CLOSE_POLICY
 
 
-def _hostname(value: str) -> str | None:
-    try:
-        return urlsplit(value if "//" in value else f"//{value}").hostname
-    except ValueError:
-        return None
-
-
-def origin_allowed(origin: str | None, host: str | None, allowed: list[str]) -> bool:
+def origin_allowed(origin: str | None, host: str | None, policy: HostPolicy, allowed: list[str]) -> bool:
     if origin is None:
         return True
     normalized = origin.strip().rstrip("/").lower()
     if "*" in allowed or normalized in {a.strip().rstrip("/").lower() for a in allowed}:
         return True
-    origin_host = _hostname(normalized)
-    return origin_host is not None and host is not None and origin_host == _hostname(host.lower())
+    origin_host = hostname(normalized)
+    if origin_host is None:
+        return False
+    if policy.any_host:
+        return host is not None and origin_host == hostname(host)
+    return origin_host in policy.answered
 
 
 async def refuse_origin(websocket: WebSocket) -> None:
@@ -44,8 +43,9 @@ async def refuse_origin(websocket: WebSocket) -> None:
         await websocket.close(CLOSE_POLICY, message)
 
 
-def check_origin(websocket: WebSocket, allowed: list[str]) -> bool:
-    return origin_allowed(websocket.headers.get("origin"), websocket.headers.get("host"), allowed)
+def check_origin(websocket: WebSocket, policy: HostPolicy, allowed: list[str]) -> bool:
+    headers = websocket.headers
+    return origin_allowed(headers.get("origin"), headers.get("host"), policy, allowed)
 
 
 def bearer(websocket: WebSocket) -> str | None:

@@ -22,7 +22,7 @@ def _container(websocket: WebSocket) -> Container:
 @router.websocket("/ws")
 async def events_socket(websocket: WebSocket) -> None:
     container = _container(websocket)
-    if not check_origin(websocket, container.settings.ws_allowed_origins):
+    if not check_origin(websocket, container.host_policy, container.settings.ws_allowed_origins):
         await refuse_origin(websocket)
         return
     socket = EventSocket(
@@ -33,7 +33,7 @@ async def events_socket(websocket: WebSocket) -> None:
 
 async def _raw(websocket: WebSocket, stream: type[RawStream], vm_id: str) -> None:
     container = _container(websocket)
-    if not check_origin(websocket, container.settings.ws_allowed_origins):
+    if not check_origin(websocket, container.host_policy, container.settings.ws_allowed_origins):
         await refuse_origin(websocket)
         return
     await stream(websocket, container, vm_id).run()
