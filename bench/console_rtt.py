@@ -2,8 +2,9 @@
 
 A real server runs the tiny guest. One sample = one message with a backspace (erasing the
 previous key) and the next key, until the key's echo is back. Three paths, in alternating blocks:
-- direct: a unix-socket connection to QEMU's serial chardev (the physical limit; only possible
-  while VoidVM's ConsoleHub is not connected, since QEMU serves one client);
+- direct: a unix-socket connection to the serial chardev of a bare QEMU with VoidVM's flags and the
+  same guest (the physical limit; VoidVM's own guests are not reachable that way, since QEMU serves
+  one client and the server's console recorder is it);
 - /ws: `terminal-input` → ConsoleHub → QEMU → ConsoleHub → `terminal-output` (JSON text);
 - raw: the binary `/api/v1/vms/{id}/console` stream, opened with a ticket (xterm.js's path).
 The ratio to direct is what VoidVM's console costs.
@@ -14,15 +15,31 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
+import subprocess
+import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
 
 import httpx
 from websockets.asyncio.client import connect
 
-from bench.common import READY_LINE, Server, log, percentile, voidvm_server
+from bench.common import (
+    READY_LINE,
+    Server,
+    bench_accel,
+    kill_qemu_under,
+    log,
+    percentile,
+    tiny_media,
+    voidvm_server,
+    wait_for_file_bytes,
+)
 from bench.report import Section, Table
+from voidvm_server.drivers.base import BootMedia, VMSpec
+from voidvm_server.drivers.qemu.cmdline import RunPaths, build_argv
 
 KEYS = "abcdefghijklmnopqrstuvwxyz"
 Send = Callable[[str], Awaitable[None]]
@@ -52,8 +69,27 @@ async def round_trips(send: Send, receive: Receive, samples: int) -> list[float]
     return times
 
 
-async def direct(server: Server, vm_id: str, samples: int) -> list[float]:
-    path = server.data_dir / "vms" / vm_id / "serial.sock"
+@contextlib.contextmanager
+def bare_qemu(server: Server) -> Iterator[Path]:
+    """The tiny guest in a bare QEMU with VoidVM's flags (standalone: it logs its serial output
+    itself); yields its serial socket once the guest is ready."""
+    media = tiny_media(server)
+    assert isinstance(media, BootMedia)
+    with tempfile.TemporaryDirectory(prefix="voidvm-bench-rtt-") as tmp:
+        paths = RunPaths(Path(tmp))
+        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(paths.disk), "1G"], check=True)
+        spec = VMSpec("vm-bench-rtt", 1, 256, media, None)
+        argv = build_argv(spec, paths, binary="qemu-system-x86_64", accel=bench_accel(), net_fd=None,
+                          standalone=True)  # fmt: skip
+        try:
+            subprocess.run(argv, check=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+            wait_for_file_bytes(paths.console_log, time.perf_counter() + 120, READY_LINE)
+            yield paths.serial
+        finally:
+            kill_qemu_under(Path(tmp))
+
+
+async def direct(path: Path, samples: int) -> list[float]:
     reader, writer = await asyncio.open_unix_connection(str(path))
 
     async def send(text: str) -> None:
@@ -104,9 +140,7 @@ async def raw(server: Server, vm_id: str, samples: int) -> list[float]:
         return await round_trips(send, receive, samples)
 
 
-PATHS: dict[str, Callable[[Server, str, int], Awaitable[list[float]]]] = {
-    "direct": direct, "/ws": over_ws, "raw": raw,
-}  # fmt: skip
+PATHS: dict[str, Callable[[Server, str, int], Awaitable[list[float]]]] = {"/ws": over_ws, "raw": raw}
 
 
 async def wait_ready(server: Server, vm_id: str) -> None:
@@ -120,13 +154,16 @@ async def wait_ready(server: Server, vm_id: str) -> None:
     raise TimeoutError("the tiny guest did not become ready")
 
 
-async def measure(server: Server, vm_id: str, samples: int, blocks: int) -> dict[str, list[float]]:
+async def measure(
+    server: Server, vm_id: str, bare_serial: Path, samples: int, blocks: int
+) -> dict[str, list[float]]:
     await wait_ready(server, vm_id)
-    results: dict[str, list[float]] = {name: [] for name in PATHS}
-    names = list(PATHS)
+    paths = {"direct": lambda s, v, n: direct(bare_serial, n), **PATHS}
+    results: dict[str, list[float]] = {name: [] for name in paths}
+    names = list(paths)
     for block in range(blocks):
         for name in names[block % 3 :] + names[: block % 3]:
-            times = await PATHS[name](server, vm_id, samples // blocks)
+            times = await paths[name](server, vm_id, samples // blocks)
             results[name] += times
         log(f"block {block + 1}/{blocks}: " + ", ".join(
             f"{k} p50 {percentile(v, 0.5) * 1000:.2f} ms" for k, v in results.items()))  # fmt: skip
@@ -152,11 +189,12 @@ def run(samples: int, blocks: int) -> Section:
         vm = client.post("/vms", json={"name": "rtt", "cpu": 1, "memory": 256, "disk": 1}).json()["data"]
         started = client.post(f"/vms/{vm['id']}/start")
         assert started.status_code == 200, started.text
-        results = asyncio.run(measure(server, vm["id"], samples, blocks))
+        with bare_qemu(server) as bare_serial:
+            results = asyncio.run(measure(server, vm["id"], bare_serial, samples, blocks))
         accel = client.get("/system/info").json()["data"]["hypervisor"]["accelerator"]
     base = percentile(results["direct"], 0.5)
     rows = []
-    for name, label in [("direct", "direct unix socket"), ("/ws", "/ws terminal (JSON)"),
+    for name, label in [("direct", "direct unix socket (bare QEMU)"), ("/ws", "/ws terminal (JSON)"),
                         ("raw", "raw /console stream")]:  # fmt: skip
         values = results[name]
         p50 = percentile(values, 0.5)

@@ -18,7 +18,10 @@ RESULTS = ROOT / "bench" / "results"
 DOC = ROOT / "docs" / "benchmarks.md"
 BEGIN = "<!-- BEGIN bench/run_all.py: generated from bench/results/*.json; edit bench/, not this block -->"
 END = "<!-- END bench/run_all.py -->"
-ORDER = ["start_latency", "create_latency", "api_throughput", "density", "list_scale", "micro", "profile"]
+ORDER = [
+    "start_latency", "create_latency", "api_throughput", "login_flood",
+    "density", "list_scale", "micro", "profile",
+]  # fmt: skip
 OTHERS = ["ws_fanout", "console_rtt"]  # the WebSocket engineer's sections, rendered after ours
 
 
@@ -140,6 +143,7 @@ BENCHMARKS = [
         "(`bench/ceiling_app.py`) and against the same server reading through plain sqlite3 "
         "(the experiment of `bench/whatif.py`)",
     ],
+    ["`bench/login_flood.py`", "`GET /vms` while 40 clients log in without pause, against the same GET idle"],
     [
         "`bench/density.py`",
         "QEMU memory per idle VM (VoidVM's flags, libvirt's default domain), server "

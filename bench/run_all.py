@@ -24,6 +24,7 @@ BENCHMARKS: dict[str, tuple[list[str], list[str], int]] = {
     "start_latency": (["--runs", "20"], ["--runs", "3"], 1200),
     "create_latency": (["--count", "100"], ["--count", "20"], 900),
     "api_throughput": (["--seconds", "10"], ["--seconds", "3", "--levels", "1,8,32"], 1500),
+    "login_flood": (["--requests", "200"], ["--requests", "50"], 300),
     "density": (["--steps", "5,10,20,40"], ["--steps", "2,4"], 2400),
     "list_scale": (["--vms", "10000", "--requests", "50"], ["--vms", "10000", "--requests", "15"], 900),
     "micro": (["--n", "1000"], ["--n", "200"], 600),

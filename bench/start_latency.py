@@ -4,7 +4,8 @@ Two figures per side, over runs that alternate between the sides (the order rota
 - control plane: until the VM is up and controllable (VoidVM: the start call returns `running`;
   bare: `qemu-system -daemonize` returns; libvirt: `virsh start` returns);
 - to the guest: from the start request to the guest's first serial byte, seen the same way on every
-  side (QEMU's serial log file, watched by a thread started before the request), and for VoidVM
+  side (the serial log file, watched by a thread started before the request: VoidVM's console
+  recorder writes it for VoidVM, QEMU's `logfile=` for the bare side and libvirt), and for VoidVM
   also as a user sees it: the first frame on its raw console WebSocket (`/vms/{id}/console`, opened
   once and kept open, as it stays across a stop and start).
 Every VM is killed as soon as its first byte is seen, so the sides never overlap.
@@ -154,7 +155,8 @@ def bare_run(media: BootMedia, accel: str, workdir: Path) -> Sample:
     paths = RunPaths(run_dir)
     subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(paths.disk), "1G"], check=True)
     spec = VMSpec("vm-bench", 1, MEMORY_MB, media, free_port())
-    argv = build_argv(spec, paths, binary="qemu-system-x86_64", accel=accel)
+    # Standalone: no VoidVM attached, so QEMU runs the guest at once and logs the serial itself.
+    argv = build_argv(spec, paths, binary="qemu-system-x86_64", accel=accel, net_fd=None, standalone=True)
     watcher = FirstByte(paths.console_log)
     old_umask = os.umask(0o077)  # as VoidVM's driver does
     try:

@@ -110,6 +110,14 @@ class Api:
 
     client: httpx.AsyncClient
     container: Container
+    app: Any = None  # the ASGI app behind `client`, for clients of other addresses (`from_address`)
+
+    @asynccontextmanager
+    async def from_address(self, address: str) -> AsyncIterator[httpx.AsyncClient]:
+        """A client of the same app whose requests come from `address`."""
+        transport = httpx.ASGITransport(app=self.app, client=(address, 40000))
+        async with httpx.AsyncClient(transport=transport, base_url="http://localhost", timeout=120) as client:
+            yield client
 
     async def login(self, username: str = "admin", password: str = "admin123") -> str:
         response = await self.client.post(
@@ -152,10 +160,8 @@ async def running_api(
             "tiny", kernel, initrd, TINY_KERNEL_CMDLINE, default=True
         )
         transport = httpx.ASGITransport(app=manager.app)
-        async with httpx.AsyncClient(
-            transport=transport, base_url="http://localhost", timeout=120
-        ) as client:
-            yield Api(client, container)
+        async with httpx.AsyncClient(transport=transport, base_url="http://localhost", timeout=120) as client:
+            yield Api(client, container, manager.app)
 
 
 def _dummy_kernel(data_dir: Path) -> tuple[Path, Path]:

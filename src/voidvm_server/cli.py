@@ -17,7 +17,9 @@ from rich.console import Console
 from rich.table import Table
 
 from voidvm_server import __version__
+from voidvm_server.auth.passwords import PasswordHashing
 from voidvm_server.config import Settings, load_settings
+from voidvm_server.data_dir import prepare_data_dir
 from voidvm_server.domain.models import Role, User, UserStatus
 from voidvm_server.logging_setup import configure_logging
 from voidvm_server.persistence.engine import Database, downgrade
@@ -77,7 +79,7 @@ def migrate(
 ) -> None:
     """Apply (or roll back) database migrations."""
     settings = _settings(config)
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    prepare_data_dir(settings.data_dir)
     if down:
         downgrade(settings.resolved_database_url, "base" if revision == "head" else revision)
     else:
@@ -87,12 +89,17 @@ def migrate(
 
 @asynccontextmanager
 async def _user_service(settings: Settings) -> AsyncIterator[UserService]:
+    prepare_data_dir(settings.data_dir)
     db = Database(settings.resolved_database_url)
     try:
         await db.migrate()
         live = LiveConfigStore(db, settings)
         await live.load()
-        yield UserService(db, settings, live)
+        hashing = PasswordHashing()
+        try:
+            yield UserService(db, settings, live, hashing)
+        finally:
+            hashing.close()
     finally:
         await db.close()
 
@@ -183,7 +190,8 @@ def image_build_tiny(
 
 @app.command()
 def doctor(config: ConfigOption = None) -> None:
-    """Report what this host offers: QEMU, accelerator, data directory, database."""
+    """Report what this host offers: QEMU, accelerator, guest network, data directory, database."""
+    from voidvm_server.api.app import guest_network
     from voidvm_server.drivers.qemu.images import QemuImg
     from voidvm_server.drivers.qemu.probe import choose_accel, kvm_device_usable
 
@@ -191,7 +199,7 @@ def doctor(config: ConfigOption = None) -> None:
 
     async def gather() -> dict[str, str]:
         qemu_version = await QemuImg(settings.qemu_img_binary).version()
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        prepare_data_dir(settings.data_dir)
         accel = await choose_accel(settings.accel, settings.qemu_binary, qemu_version,
                                    settings.data_dir)  # fmt: skip
         db = Database(settings.resolved_database_url)
@@ -208,6 +216,7 @@ def doctor(config: ConfigOption = None) -> None:
             "qemu version": qemu_version,
             "/dev/kvm": "usable" if kvm_device_usable() else "absent or not permitted",
             "accelerator": f"{accel} (requested: {settings.accel})",
+            "guest network": await guest_network(settings).describe(),
             "data dir": str(settings.data_dir.resolve()),
             "database": f"{settings.resolved_database_url.split('://')[0]}: {database}",
         }

@@ -79,6 +79,12 @@ class Settings(BaseSettings):
     restart_backoff_seconds: float = 1.0
     restart_window_seconds: float = 600.0
 
+    # Guest networking: one passt per VM, run as `guest_net_user` (when the server is root) inside
+    # `guest_netns` (a name under /run/netns, as `ip netns` makes; None = the host's namespace).
+    passt_binary: str = "passt"
+    guest_netns: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
+    guest_net_user: str = Field(default="voidvm-net", pattern=r"^[a-z_][a-z0-9_-]{0,31}$")
+
     default_max_vms: int = 5
     default_max_cpus: int = 16
     default_max_memory_mb: int = 32768
@@ -91,7 +97,12 @@ class Settings(BaseSettings):
     image_downloads: bool = True
     image_allow_private_urls: bool = False
     image_url_imports: bool = True
-    console_log_max_bytes: int = 1024 * 1024
+    # Host disk protection: console.log is rotated at this size (console.log.1 keeps the output
+    # before it, console.previous.log the end of the last run: at most 3x per VM); creates, disk
+    # growth and starts answer 507 INSUFFICIENT_STORAGE while the data dir's (or vms dir's)
+    # filesystem has less free space than the reserve (0 switches the check off).
+    console_log_max_bytes: int = Field(default=1024 * 1024, ge=4096)
+    disk_reserve_mb: int = Field(default=1024, ge=0)
 
     ws_max_per_user: int = 10
     ws_max_total: int = 1000  # authenticated sockets

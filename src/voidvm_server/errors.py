@@ -10,6 +10,7 @@ VoidVMError
  │    └── InvalidStateError     VM_ALREADY_RUNNING, VM_NOT_RUNNING, INVALID_STATE, ...
  ├── TooManyRequestsError       RATE_LIMIT_EXCEEDED, TOO_MANY_ATTEMPTS
  ├── StorageError               STORAGE_FULL, STORAGE_READ_ONLY (the host's VM storage)
+ │    └── InsufficientStorageError  INSUFFICIENT_STORAGE (free space under the reserve)
  ├── ServiceUnavailableError    SERVICE_UNAVAILABLE (the database cannot be reached)
  └── DriverError                the hypervisor failed
       ├── HypervisorUnavailableError
@@ -99,6 +100,12 @@ class StorageError(VoidVMError):
     """The host cannot store a VM's files: its disk is full or not writable. Never names a path."""
 
     code = "STORAGE_FULL"
+
+
+class InsufficientStorageError(StorageError):
+    """Refused before anything was written: the host's free space is under VoidVM's reserve."""
+
+    code = "INSUFFICIENT_STORAGE"
 
 
 class ServiceUnavailableError(VoidVMError):

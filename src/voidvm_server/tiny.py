@@ -7,6 +7,7 @@ import tempfile
 from pathlib import Path
 
 from voidvm_server.config import Settings
+from voidvm_server.data_dir import prepare_data_dir
 from voidvm_server.domain.models import Image
 from voidvm_server.drivers.qemu.images import QemuImg
 from voidvm_server.drivers.qemu.tiny_image import TINY_KERNEL_CMDLINE, build_tiny_image
@@ -20,7 +21,7 @@ TINY_NAME = "tiny"
 
 async def install_tiny_image(settings: Settings, *, rebuild: bool = False) -> Image:
     """Build the tiny guest and make it the default image, unless it is already there."""
-    settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    prepare_data_dir(settings.data_dir)
     db = Database(settings.resolved_database_url)
     try:
         await db.migrate()

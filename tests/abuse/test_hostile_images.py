@@ -67,7 +67,14 @@ async def test_raw_file_with_a_qcow2_header_is_refused(api: Api, admin_token: st
 
 
 async def test_paths_outside_the_import_directory_are_refused(api: Api, admin_token: str) -> None:
-    for path in ["/etc/passwd", "../../etc/passwd", "../voidvm.db", "../jwt-secret"]:
+    for path in [
+        "/etc/passwd",
+        "../../etc/passwd",
+        "../voidvm.db",
+        "../jwt-secret",
+        "disk\x00.raw",
+        "a" * 5000,
+    ]:
         response = await api.client.post(
             "/api/v1/images",
             json={"name": "sneaky", "format": "raw", "path": path},
@@ -75,6 +82,29 @@ async def test_paths_outside_the_import_directory_are_refused(api: Api, admin_to
         )
         assert response.status_code == 400, path
         assert response.json()["error"]["details"][0]["field"] == "path"
+
+
+def minimal_iso(path: Path) -> Path:
+    """An ISO 9660 image as far as the format's signature goes: a primary volume descriptor and
+    the set terminator at sector 16 (what the import checks; QEMU reads it as raw)."""
+    sector = 2048
+    primary = b"\x01CD001\x01" + b"\x00" * (sector - 7)
+    terminator = b"\xffCD001\x01" + b"\x00" * (sector - 7)
+    path.write_bytes(b"\x00" * 16 * sector + primary + terminator + b"\x00" * 2 * sector)
+    return path
+
+
+async def test_an_iso_imports_and_a_fake_one_is_refused(api: Api, admin_token: str, tmp_path: Path) -> None:
+    response = await import_file(
+        api, admin_token, "installer", minimal_iso(tmp_path / "installer.iso"), "iso"
+    )
+    assert response.status_code == 201, response.text
+    assert response.json()["data"]["format"] == "iso"
+    not_iso = tmp_path / "not.iso"
+    not_iso.write_bytes(b"\x00" * 40960)
+    refused = await import_file(api, admin_token, "not-iso", not_iso, "iso")
+    assert refused.status_code == 400
+    assert "ISO 9660" in refused.json()["error"]["details"][0]["reason"]
 
 
 async def test_valid_upload_works_and_oversized_upload_leaves_nothing(tmp_path: Path) -> None:
@@ -111,6 +141,20 @@ async def test_valid_upload_works_and_oversized_upload_leaves_nothing(tmp_path: 
         ("http://intranet.example/x.qcow2", ["10.1.2.3"]),
         ("http://[::1]/x.qcow2", ["::1"]),
         ("file:///etc/passwd", []),
+        # IPv6 forms that lead back to IPv4, or to internal networks
+        ("http://nat64.example/x", ["64:ff9b::a9fe:a9fe"]),  # NAT64 of 169.254.169.254
+        ("http://nat64.example/x", ["64:ff9b::808:808"]),  # NAT64 of a public address: still refused
+        ("http://nat64.example/x", ["64:ff9b:1::7f00:1"]),  # local-use NAT64 prefix
+        ("http://6to4.example/x", ["2002:7f00:1::1"]),  # 6to4 of 127.0.0.1
+        ("http://6to4.example/x", ["2002:808:808::1"]),  # 6to4 of a public address
+        ("http://compat.example/x", ["::7f00:1"]),  # IPv4-compatible 127.0.0.1
+        ("http://compat.example/x", ["::a00:1"]),  # IPv4-compatible 10.0.0.1
+        ("http://mapped.example/x", ["::ffff:10.0.0.1"]),
+        ("http://sitelocal.example/x", ["fec0::1"]),
+        ("http://teredo.example/x", ["2001:0:4136:e378:8000:63bf:3fff:fdd2"]),
+        ("http://ula.example/x", ["fd00::1"]),
+        ("http://linklocal.example/x", ["fe80::1%eth0"]),
+        ("http://mixed.example/x", ["93.184.216.34", "::ffff:127.0.0.1"]),  # one bad answer is enough
     ],
 )
 async def test_urls_to_internal_addresses_are_refused(
@@ -122,6 +166,15 @@ async def test_urls_to_internal_addresses_are_refused(
     monkeypatch.setattr(fetch, "resolve", fake_resolve)
     with pytest.raises(ValidationError):
         await fetch.check_target(url, allow_private=False)
+
+
+@pytest.mark.parametrize("address", ["93.184.216.34", "2606:2800:220:1:248:1893:25c8:1946"])
+async def test_public_addresses_are_allowed(address: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    async def fake_resolve(host: str, port: int) -> list[str]:
+        return [address]
+
+    monkeypatch.setattr(fetch, "resolve", fake_resolve)
+    assert await fetch.check_target("https://images.example.org/x.qcow2", allow_private=False) == [address]
 
 
 async def test_a_redirect_to_an_internal_address_is_refused(

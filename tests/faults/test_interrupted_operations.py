@@ -30,9 +30,11 @@ async def interrupted(server: ServerProcess, point: str, request: Any) -> None:
         await task
 
 
-def hostfwd_port(pid: int) -> int:
-    cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode()
-    match = re.search(r"hostfwd=tcp:127\.0\.0\.1:(\d+)-:22", cmdline)
+def forwarded_ssh_port(run_dir: Path) -> int:
+    """The loopback port that the VM's passt forwards to the guest's port 22."""
+    passt = int((run_dir / "passt.pid").read_text())
+    cmdline = Path(f"/proc/{passt}/cmdline").read_bytes().decode()
+    match = re.search(r"127\.0\.0\.1/(\d+):22", cmdline)
     assert match, cmdline
     return int(match.group(1))
 
@@ -114,8 +116,8 @@ async def test_kill_after_the_spawn_adopts_the_qemu_that_was_started(servers: Se
         assert vm["status"] == "running", vm
         assert (await http.live(vm_id))["pid"] == pid
         assert qemu_pids(vm_id) == [pid], "a second QEMU was started"
-        # The SSH port was recorded before the spawn, so the API shows the one QEMU forwards.
-        assert vm["ports"] == {"ssh": hostfwd_port(pid)}
+        # The SSH port was recorded before the spawn, so the API shows the one passt forwards.
+        assert vm["ports"] == {"ssh": forwarded_ssh_port(server.vms_dir / vm_id)}
         await check_bystanders(http, idle, busy, busy_pid)
         # A start now is refused (it runs); stop works.
         await http.action(vm_id, "start", expect=409)

@@ -68,25 +68,23 @@ async def test_kill_9_of_the_server_leaves_five_vms_running_and_a_restart_adopts
             live = await http.live(vm_id)
             assert (live["pid"], live["qemu_status"]) == (pids[vm_id], "running")
             assert qemu_pids(vm_id) == [pids[vm_id]], "a second QEMU was started"
-        # What the guest printed while the server was down is in the saved log.
-        assert "while-down-42" in await http.console_log(ids[0])
+        # While the server was down nothing recorded the console (QEMU discards serial output
+        # no one reads, so it cannot fill the disk): the saved log is what came before.
+        saved = await http.console_log(ids[0])
+        assert "while-down-42" not in saved and READY_LINE in saved
 
-        # Consoles: the serial sockets still work and the log keeps growing ...
-        for n, vm_id in enumerate(ids[:-1]):
-            assert (
-                await serial_command(sockets[vm_id], f"echo after-{n}-$((40+{n}))") == f"after-{n}-{40 + n}"
-            )
-            assert f"after-{n}-{40 + n}" in await http.console_log(vm_id)
+        # The restarted server holds every guest's console again: its console stream reaches
+        # guests it did not start, and their logs grow from where they were.
+        for n, vm_id in enumerate(ids):
+            response = await http.client.post(f"/vms/{vm_id}/console", json={"type": "serial"})
+            assert response.status_code == 201, response.text
+            output = await raw_console_command(
+                response.json()["data"]["url"], f"echo after-{n}-$((40+{n}))", f"after-{n}-{40 + n}",
+                30 * TCG_SCALE,
+            )  # fmt: skip
+            assert f"after-{n}-{40 + n}".encode() in output
+            await http.wait_console(vm_id, f"after-{n}-{40 + n}", timeout=10 * TCG_SCALE)
             assert (server.vms_dir / vm_id / "console.log").stat().st_size > log_size[vm_id]
-        # ... and the restarted server's own console stream re-attaches to a guest it did not start.
-        last = ids[-1]
-        response = await http.client.post(f"/vms/{last}/console", json={"type": "serial"})
-        assert response.status_code == 201, response.text
-        output = await raw_console_command(
-            response.json()["data"]["url"], "echo via-ws-$((7*6))", "via-ws-42", 30 * TCG_SCALE
-        )
-        assert b"via-ws-42" in output
-        assert "via-ws-42" in await http.console_log(last)
 
         # Metrics come from the adopted processes.
         response = await http.client.get(f"/vms/{ids[1]}/metrics")

@@ -20,7 +20,7 @@ import httpx
 import pytest
 from asgi_lifespan import LifespanManager
 
-from tests.conftest import TCG_SCALE, Api, auth, make_settings, serial_command
+from tests.conftest import TCG_SCALE, Api, auth, make_settings
 from voidvm_server.api.app import create_app
 from voidvm_server.api.container import Container
 from voidvm_server.config import Settings
@@ -103,36 +103,59 @@ async def wait_status(
     return await poll(reached, timeout=timeout, what=f"{vm_id} to become {status}")
 
 
+class ConsoleTap:
+    """A viewer of the app's ConsoleHub: collects the guest's output from the moment it attaches.
+    (While the server runs, it holds the guest's one serial connection: tests go through it.)"""
+
+    def __init__(self) -> None:
+        self.output = bytearray()
+        self._changed = asyncio.Event()
+
+    def on_output(self, data: bytes) -> None:
+        self.output += data
+        self._changed.set()
+
+    def on_closed(self, code: str, reason: str) -> None:
+        self._changed.set()
+
+    async def until(self, needle: bytes, timeout: float) -> str:
+        try:
+            async with asyncio.timeout(timeout):
+                while needle not in self.output:
+                    self._changed.clear()
+                    await self._changed.wait()
+        except TimeoutError:
+            pytest.fail(f"{needle!r} not seen within {timeout:g}s: {bytes(self.output[-500:])!r}")
+        return self.output.decode(errors="replace")
+
+
+@asynccontextmanager
+async def console_tap(api: Api, vm_id: str) -> AsyncIterator[ConsoleTap]:
+    tap = ConsoleTap()
+    await api.container.consoles.attach(vm_id, tap)
+    try:
+        yield tap
+    finally:
+        await api.container.consoles.detach(vm_id, tap)
+
+
 async def serial_run(api: Api, vm_id: str, command: str, timeout: float = 30 * TCG_SCALE) -> str:
-    """Type `command` into the guest's root shell and return its output (between two markers)."""
-    return await serial_command(api.container.driver.serial_socket(vm_id), command, timeout)
+    """Type `command` into the guest's root shell and return its output (between two markers the
+    shell computes, so the echoed command line never matches them)."""
+    token = f"{os.getpid() % 1000}{time.monotonic_ns() % 100000}"
+    start, end = f"<<{int(token) + 1}>>", f"<<{int(token) + 2}>>"
+    line = f"\necho '<<'$(({token}+1))'>>'; {command}; echo '<<'$(({token}+2))'>>'\n"
+    async with console_tap(api, vm_id) as tap:
+        await api.container.consoles.write(vm_id, line.encode())
+        text = (await tap.until(end.encode(), timeout)).replace("\r", "")
+    return text.split(start, 1)[1].split(end, 1)[0].strip()
 
 
 async def serial_send(api: Api, vm_id: str, text: str, expect: str, timeout: float = 30 * TCG_SCALE) -> str:
-    """Type `text` into the guest and keep the connection until `expect` shows up in its output.
-
-    (QEMU drops input still queued for the emulated UART when the client hangs up, so a
-    fire-and-forget write can lose characters.)
-    """
-    path = api.container.driver.serial_socket(vm_id)
-    reader, writer = await asyncio.open_unix_connection(str(path))
-    buffer = b""
-    try:
-        writer.write(text.encode())
-        await writer.drain()
-        async with asyncio.timeout(timeout):
-            while expect.encode() not in buffer:
-                chunk = await reader.read(4096)
-                if not chunk:
-                    break
-                buffer += chunk
-    finally:
-        writer.close()
-        with contextlib.suppress(OSError):
-            await writer.wait_closed()
-    output = buffer.decode(errors="replace")
-    assert expect in output, f"{expect!r} not seen after typing {text!r}: {output[-500:]!r}"
-    return output
+    """Type `text` into the guest and wait until `expect` shows up in its output."""
+    async with console_tap(api, vm_id) as tap:
+        await api.container.consoles.write(vm_id, text.encode())
+        return await tap.until(expect.encode(), timeout)
 
 
 def qemu_pids(marker: str) -> list[int]:
@@ -159,6 +182,23 @@ def kill_qemus(marker: str) -> None:
             os.kill(pid, signal.SIGKILL)
 
 
+def passt_pids(marker: str) -> list[int]:
+    """Pids of live passt processes (guest networks) whose command line mentions `marker`."""
+    pids: list[int] = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        is_passt = state != "Z" and "passt" in Path(argv[0].decode(errors="replace")).name
+        if is_passt and any(marker.encode() in arg for arg in argv):
+            pids.append(int(entry.name))
+    return pids
+
+
 async def wait_gone(pid: int, timeout: float = 10) -> None:
     async def gone() -> bool:
         return not Path(f"/proc/{pid}").exists() or _zombie(pid)
@@ -175,11 +215,20 @@ def _zombie(pid: int) -> bool:
 
 @pytest.fixture(autouse=True)
 def no_qemu_left_behind(tmp_path: Path) -> Iterator[None]:
-    """After every test (and its fixtures' own clean-up): no QEMU of its data dir may be alive."""
+    """After every test (and its fixtures' own clean-up): no QEMU of its data dir may be alive,
+    nor a passt of it once its QEMU is gone (passt quits within moments of its QEMU)."""
     yield
     leftover = qemu_pids(str(tmp_path))
     kill_qemus(str(tmp_path))
+    deadline = time.monotonic() + 5
+    while passt_pids(str(tmp_path)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    stray = passt_pids(str(tmp_path))
+    for pid in stray:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
     assert not leftover, f"QEMU processes left behind: {leftover}"
+    assert not stray, f"passt processes left behind: {stray}"
 
 
 @pytest.fixture

@@ -134,8 +134,9 @@ async def test_lifecycle_of_a_real_vm(qemu_api: Api, qemu_token: str) -> None:
     second_pid = (await live_status(api, token, vm_id))["pid"]
     assert second_pid != first_pid
     assert qemu_pids(vm_id) == [second_pid]
-    previous_log = (run_dir / "console.log.1").read_text(errors="replace")
+    previous_log = (run_dir / "console.previous.log").read_text(errors="replace")
     assert "power button pressed" in previous_log  # the old guest shut itself down
+    assert "power button" not in await console_log(api, token, vm_id)  # the new run's log
     await wait_console(api, token, vm_id, READY_LINE)
 
     # -- stop: ACPI power-off, the guest's own shutdown, well before the timeout

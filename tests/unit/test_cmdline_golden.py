@@ -30,6 +30,7 @@ def common(*, accel: str = "tcg", cpu: int = 2, memory: int = 1024) -> list[str]
         "-display", "none",
         "-vga", "none",
         "-daemonize",
+        "-S",
     ]  # fmt: skip
 
 
@@ -37,9 +38,7 @@ def sockets(run: str, escaped: str) -> list[str]:
     return [
         "-pidfile", f"{run}/qemu.pid",
         "-qmp", f"unix:{escaped}/qmp.sock,server=on,wait=off",
-        "-chardev",
-        f"socket,id=serial0,path={escaped}/serial.sock,server=on,wait=off,"
-        f"logfile={escaped}/console.log,logappend=on",
+        "-chardev", f"socket,id=serial0,path={escaped}/serial.sock,server=on,wait=off",
         "-serial", "chardev:serial0",
         "-device", "virtio-vga",
         "-vnc", f"unix:{escaped}/vnc.sock",
@@ -49,13 +48,21 @@ def sockets(run: str, escaped: str) -> list[str]:
 def disk(escaped: str) -> list[str]:
     return [
         "-drive",
-        f"file={escaped}/disk.qcow2,if=none,id=disk0,format=qcow2,cache=none,aio=threads,discard=unmap",
+        f"file={escaped}/disk.qcow2,if=none,id=disk0,format=qcow2,cache=none,aio=threads,discard=unmap,"
+        "werror=enospc,rerror=report",
         "-device", "virtio-blk-pci,drive=disk0,bootindex=1",
     ]  # fmt: skip
 
 
-def net(ssh_port: int | None) -> list[str]:
-    netdev = "user,id=net0" + (f",hostfwd=tcp:127.0.0.1:{ssh_port}-:22" if ssh_port else "")
+def passt_net(fd: int) -> list[str]:
+    """The guest's network card talks to passt, which holds the other end of the socket `fd`."""
+    return ["-netdev", f"stream,id=net0,server=off,addr.type=fd,addr.str={fd}",
+            "-device", "virtio-net-pci,netdev=net0,romfile="]  # fmt: skip
+
+
+def restricted_net(ssh_port: int | None) -> list[str]:
+    """Without passt: QEMU's user-mode network cut off from the host and the outside."""
+    netdev = "user,id=net0,restrict=on" + (f",hostfwd=tcp:127.0.0.1:{ssh_port}-:22" if ssh_port else "")
     return ["-netdev", netdev, "-device", "virtio-net-pci,netdev=net0,romfile="]
 
 
@@ -66,7 +73,7 @@ def test_kernel_image() -> None:
         kernel_cmdline="console=ttyS0 quiet panic=-1",
     )
     spec = VMSpec("vm-0123456789ab", 2, 1024, media, 22022)
-    argv = build_argv(spec, RunPaths(RUN), binary="qemu-system-x86_64", accel="tcg")
+    argv = build_argv(spec, RunPaths(RUN), binary="qemu-system-x86_64", accel="tcg", net_fd=7)
     assert argv == [
         "qemu-system-x86_64",
         "-name", "guest=vm-0123456789ab,debug-threads=on",
@@ -80,11 +87,11 @@ def test_kernel_image() -> None:
         "-display", "none",
         "-vga", "none",
         "-daemonize",
+        "-S",
         "-pidfile", "/var/lib/voidvm/vms/vm-0123456789ab/qemu.pid",
         "-qmp", "unix:/var/lib/voidvm/vms/vm-0123456789ab/qmp.sock,server=on,wait=off",
         "-chardev",
-        "socket,id=serial0,path=/var/lib/voidvm/vms/vm-0123456789ab/serial.sock,server=on,wait=off,"
-        "logfile=/var/lib/voidvm/vms/vm-0123456789ab/console.log,logappend=on",
+        "socket,id=serial0,path=/var/lib/voidvm/vms/vm-0123456789ab/serial.sock,server=on,wait=off",
         "-serial", "chardev:serial0",
         "-device", "virtio-vga",
         "-vnc", "unix:/var/lib/voidvm/vms/vm-0123456789ab/vnc.sock",
@@ -93,9 +100,10 @@ def test_kernel_image() -> None:
         "-append", "console=ttyS0 quiet panic=-1",
         "-drive",
         "file=/var/lib/voidvm/vms/vm-0123456789ab/disk.qcow2,if=none,id=disk0,format=qcow2,"
-        "cache=none,aio=threads,discard=unmap",
+        "cache=none,aio=threads,discard=unmap,werror=enospc,rerror=report",
         "-device", "virtio-blk-pci,drive=disk0,bootindex=1",
-        "-netdev", "user,id=net0,hostfwd=tcp:127.0.0.1:22022-:22",
+        # The SSH forward is passt's (its argv: test_guest_network.py), not QEMU's.
+        "-netdev", "stream,id=net0,server=off,addr.type=fd,addr.str=7",
         "-device", "virtio-net-pci,netdev=net0,romfile=",
     ]  # fmt: skip
 
@@ -103,13 +111,13 @@ def test_kernel_image() -> None:
 def test_kernel_without_initrd_or_cmdline() -> None:
     media = BootMedia(kernel=IMAGES / "img-aaaaaaaaaaaa/vmlinuz")
     spec = VMSpec("vm-0123456789ab", 1, 256, media, None)
-    argv = build_argv(spec, RunPaths(RUN), binary="qemu-system-x86_64", accel="tcg")
+    argv = build_argv(spec, RunPaths(RUN), binary="qemu-system-x86_64", accel="tcg", net_fd=None)
     assert argv == [
         *common(cpu=1, memory=256),
         *sockets(str(RUN), str(RUN)),
         "-kernel", "/var/lib/voidvm/images/img-aaaaaaaaaaaa/vmlinuz",
         *disk(str(RUN)),
-        *net(None),
+        *restricted_net(None),
     ]  # fmt: skip
 
 
@@ -117,13 +125,13 @@ def test_qcow2_overlay_with_kvm() -> None:
     """A disk image is the overlay's backing file: QEMU only ever opens the VM's own overlay."""
     media = BootMedia(base_disk=IMAGES / "img-bbbbbbbbbbbb/disk.qcow2", base_format="qcow2")
     spec = VMSpec("vm-0123456789ab", 4, 4096, media, 30000)
-    argv = build_argv(spec, RunPaths(RUN), binary="/usr/bin/qemu-system-x86_64", accel="kvm")
+    argv = build_argv(spec, RunPaths(RUN), binary="/usr/bin/qemu-system-x86_64", accel="kvm", net_fd=5)
     assert argv == [
         "/usr/bin/qemu-system-x86_64",
         *common(accel="kvm", cpu=4, memory=4096)[1:],
         *sockets(str(RUN), str(RUN)),
         *disk(str(RUN)),
-        *net(30000),
+        *passt_net(5),
     ]
     assert not any("img-bbbbbbbbbbbb" in arg for arg in argv)
     assert argv[argv.index("-cpu") + 1] == "host"
@@ -132,7 +140,7 @@ def test_qcow2_overlay_with_kvm() -> None:
 def test_iso_installer() -> None:
     media = BootMedia(cdrom=IMAGES / "img-cccccccccccc/cd.iso")
     spec = VMSpec("vm-0123456789ab", 2, 2048, media, 22023)
-    argv = build_argv(spec, RunPaths(RUN), binary="qemu-system-x86_64", accel="tcg")
+    argv = build_argv(spec, RunPaths(RUN), binary="qemu-system-x86_64", accel="tcg", net_fd=None)
     assert argv == [
         *common(memory=2048),
         *sockets(str(RUN), str(RUN)),
@@ -141,7 +149,7 @@ def test_iso_installer() -> None:
         "file=/var/lib/voidvm/images/img-cccccccccccc/cd.iso,if=none,id=cd0,media=cdrom,"
         "readonly=on,format=raw",
         "-device", "ide-cd,drive=cd0,bootindex=2",
-        *net(22023),
+        *restricted_net(22023),
     ]  # fmt: skip
 
 
@@ -150,27 +158,43 @@ def test_a_comma_in_the_data_dir_is_doubled_in_option_values() -> None:
     run = data / "vms" / "vm-0123456789ab"
     media = BootMedia(cdrom=data / "images/img-cccccccccccc/cd.iso")
     spec = VMSpec("vm-0123456789ab", 2, 1024, media, None)
-    argv = build_argv(spec, RunPaths(run), binary="qemu-system-x86_64", accel="tcg")
+    argv = build_argv(spec, RunPaths(run), binary="qemu-system-x86_64", accel="tcg", net_fd=3)
     assert argv == [
         *common(),
         "-pidfile", "/srv/vm,file=evil/vms/vm-0123456789ab/qemu.pid",  # a plain path: not escaped
         "-qmp", "unix:/srv/vm,,file=evil/vms/vm-0123456789ab/qmp.sock,server=on,wait=off",
         "-chardev",
-        "socket,id=serial0,path=/srv/vm,,file=evil/vms/vm-0123456789ab/serial.sock,server=on,"
-        "wait=off,logfile=/srv/vm,,file=evil/vms/vm-0123456789ab/console.log,logappend=on",
+        "socket,id=serial0,path=/srv/vm,,file=evil/vms/vm-0123456789ab/serial.sock,server=on,wait=off",
         "-serial", "chardev:serial0",
         "-device", "virtio-vga",
         "-vnc", "unix:/srv/vm,,file=evil/vms/vm-0123456789ab/vnc.sock",
         "-drive",
         "file=/srv/vm,,file=evil/vms/vm-0123456789ab/disk.qcow2,if=none,id=disk0,format=qcow2,"
-        "cache=none,aio=threads,discard=unmap",
+        "cache=none,aio=threads,discard=unmap,werror=enospc,rerror=report",
         "-device", "virtio-blk-pci,drive=disk0,bootindex=1",
         "-drive",
         "file=/srv/vm,,file=evil/images/img-cccccccccccc/cd.iso,if=none,id=cd0,media=cdrom,"
         "readonly=on,format=raw",
         "-device", "ide-cd,drive=cd0,bootindex=2",
-        *net(None),
+        *passt_net(3),
     ]  # fmt: skip
+
+
+def test_a_standalone_qemu_runs_at_once_and_logs_its_serial_output_itself() -> None:
+    """The benchmarks' bare QEMU: no VoidVM records its console, so it starts the guest without
+    waiting (`-S`) and QEMU writes the log itself."""
+    media = BootMedia(kernel=IMAGES / "img-aaaaaaaaaaaa/vmlinuz")
+    spec = VMSpec("vm-0123456789ab", 1, 256, media, None)
+    paths = RunPaths(RUN)
+    managed = build_argv(spec, paths, binary="qemu-system-x86_64", accel="tcg", net_fd=None)
+    bare = build_argv(spec, paths, binary="qemu-system-x86_64", accel="tcg", net_fd=None, standalone=True)
+    serial = f"socket,id=serial0,path={RUN}/serial.sock,server=on,wait=off"
+    assert managed[managed.index("-chardev") + 1] == serial
+    assert bare[bare.index("-chardev") + 1] == f"{serial},logfile={RUN}/console.log,logappend=on"
+    assert "-S" in managed and "-S" not in bare
+    assert [arg for arg in managed if arg != "-S" and not arg.startswith("socket,")] == [
+        arg for arg in bare if not arg.startswith("socket,")
+    ]
 
 
 def test_qemu_escape() -> None:
@@ -211,7 +235,8 @@ async def test_name_and_description_never_reach_the_command_line(tmp_path: Path)
         assert response.status_code == 200, response.text
 
     [spec] = drivers[0].specs
-    argv = build_argv(spec, RunPaths(tmp_path / "vms" / vm_id), binary="qemu-system-x86_64", accel="tcg")
+    argv = build_argv(spec, RunPaths(tmp_path / "vms" / vm_id), binary="qemu-system-x86_64", accel="tcg",
+                      net_fd=None)  # fmt: skip
     for arg in argv:
         for secret in ("Secret", "passwd", "-drive 'x'", name, description):
             assert secret not in arg, (secret, arg)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import struct
+from collections.abc import Callable
 
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
@@ -98,9 +99,21 @@ async def test_serial_terminal_echoes_to_every_viewer_and_detaching_leaves_the_v
             await late_ws.send("terminal-connect", {"vmId": vm_id})
             replay = await late_ws.expect("terminal-output", timeout=TIMEOUT)
             assert replay["data"]["replay"] is True and "ws-49-second" in replay["data"]["output"]
-    assert consoles.viewer_count(vm_id) == 0 and not consoles.is_connected(vm_id)
+    # With no viewer left the VM runs on, and its console is still recorded.
+    await _until(lambda: consoles.viewer_count(vm_id) == 0)
     vm = (await ws_qemu.http.get(f"/api/v1/vms/{vm_id}", headers=auth(token))).json()["data"]
     assert vm["status"] == "running" and ws_qemu.container.driver.is_running(vm_id)
+    await ws_qemu.container.driver.console_write(vm_id, b"echo unwatched-$((6*7))\n")
+    log = ws_qemu.container.driver.console_log(vm_id)
+    await _until(lambda: b"unwatched-42" in log.read_bytes(), SHELL_TIMEOUT)
+
+
+async def _until(check: Callable[[], bool], timeout: float = TIMEOUT) -> None:
+    async with asyncio.timeout(timeout):
+        while True:
+            if check():
+                return
+            await asyncio.sleep(0.05)
 
 
 async def _read_raw(conn: ClientConnection, needle: bytes, timeout: float) -> bytes:

@@ -19,7 +19,7 @@ from websockets.exceptions import ConnectionClosed, ConnectionClosedError
 
 from tests.conftest import fake_driver_factory
 from tests.ws.conftest import TIMEOUT, WsServer, serve, ws_settings
-from tests.ws.test_console_hub import fake_serial, output_until, running
+from tests.ws.test_console_hub import fake, output_until, running
 
 SEND_TIMEOUT = 1.0
 CHUNK = 64 * 1024
@@ -81,7 +81,8 @@ async def test_a_console_viewer_that_stops_reading_is_cut_off(ws_stall: WsServer
     vm_id = await running(ws_stall, admin, "chatty")
     events = endpoint == "/ws terminal"
     path = f"/ws?token={admin}" if events else f"/api/v1/vms/{vm_id}/console?token={admin}"
-    async with fake_serial(ws_stall, vm_id) as serial, ws_stall.events(admin) as witness:
+    guest = fake(ws_stall)
+    async with ws_stall.events(admin) as witness:
         await witness.request("terminal-connect", {"vmId": vm_id}, "terminal-connected")
         async with stalled(ws_stall, path) as sink:
             if events:
@@ -93,10 +94,10 @@ async def test_a_console_viewer_that_stops_reading_is_cut_off(ws_stall: WsServer
                 n = 0
                 while held_by_uvicorn(ws_stall, sink):
                     n += 1
-                    await serial.output(b"x" * (CHUNK - 16) + b"<%d>\r\n" % n)
+                    guest.guest_prints(vm_id, b"x" * (CHUNK - 16) + b"<%d>\r\n" % n)
                     await output_until(witness, f"<{n}>")
             await until(lambda: hub.total == 1 and consoles.viewer_count(vm_id) == 1)
-            await serial.output(b"after the drop\r\n")
+            guest.guest_prints(vm_id, b"after the drop\r\n")
             assert "after the drop" in await output_until(witness, "after the drop")
             assert (await witness.request("ping", {}, "pong"))["type"] == "pong"
             assert_aborted(await reads_to_the_end(sink))

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from tests.conftest import auth
-from tests.ws.conftest import WsServer
+from tests.ws.conftest import TIMEOUT, WsServer
+from voidvm_server.drivers.fake import FakeDriver
 from voidvm_server.services.tickets import TicketService
 
 
@@ -53,9 +56,11 @@ async def test_a_used_ticket_is_refused(ws_fake: WsServer, admin: str) -> None:
     vm_id = await running_vm(ws_fake, admin, "used")
     issued = await ticket(ws_fake, admin, vm_id)
     path = f"/api/v1/vms/{vm_id}/console?ticket={issued['ticket']}"
-    async with ws_fake.socket(path) as first:
-        code, _ = await first.closed()
-    assert code == 4409  # accepted, but the FakeDriver has no serial socket to attach to
+    driver = ws_fake.container.driver
+    assert isinstance(driver, FakeDriver)
+    async with ws_fake.socket(path) as first:  # accepted: the stream carries the guest's output
+        driver.guest_prints(vm_id, b"login: ")
+        assert await asyncio.wait_for(first.connection.recv(), TIMEOUT) == b"login: "
     async with ws_fake.socket(path) as second:
         code, reason = await second.closed()
     assert code == 4401 and "already used" in reason

@@ -87,6 +87,10 @@ DEFAULT_HOSTS = HostPolicy(frozenset({"localhost", "127.0.0.1", "::1", "vvm.lan"
         ("http://[::1]:8080", "[::1]:3000", [], True),
         # DNS rebinding: the page's own name, in Origin and Host alike, is still refused
         ("http://rebind.example:3000", "rebind.example:3000", [], False),
+        # A LAN user's page served from the address they connect to; but not any address's page
+        ("http://192.168.1.5:3000", "192.168.1.5:3000", [], True),
+        ("http://192.0.2.66", "127.0.0.1:3000", [], False),
+        ("http://192.0.2.66", "localhost:3000", [], False),
     ],
 )
 def test_origin_rules(origin: str | None, host: str, allowed: list[str], ok: bool) -> None:

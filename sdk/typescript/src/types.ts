@@ -249,7 +249,8 @@ export interface VMMetrics {
   status: VMStatus;
   cpu_percent: number;
   memory: { used_mb: number; total_mb: number };
-  disk: { read_bytes: number; write_bytes: number };
+  /** `allocated_bytes`: what the VM's disk file takes on the host; `null` when it is missing. */
+  disk: { read_bytes: number; write_bytes: number; allocated_bytes: number | null };
   /** `null` when the hypervisor does not report network counters. */
   network: { rx_bytes: number | null; tx_bytes: number | null };
   /** Seconds. */

@@ -21,10 +21,14 @@ from voidvm_server.api.routes.images import UPLOAD_PATH
 from voidvm_server.api.ws import logfilter as ws_logfilter
 from voidvm_server.api.ws import routes as ws_routes
 from voidvm_server.api.ws.hub import ConnectionHub
+from voidvm_server.auth.passwords import PasswordHashing
 from voidvm_server.auth.tokens import TokenService, load_or_create_secret
 from voidvm_server.config import Settings
+from voidvm_server.data_dir import prepare_data_dir
 from voidvm_server.drivers.base import Driver
+from voidvm_server.drivers.console_log import ConsoleLimits
 from voidvm_server.drivers.qemu.driver import QemuDriver
+from voidvm_server.drivers.qemu.guest_network import GuestNetwork
 from voidvm_server.drivers.qemu.images import QemuImg
 from voidvm_server.drivers.qemu.probe import choose_accel
 from voidvm_server.events.bus import EventBus
@@ -32,8 +36,10 @@ from voidvm_server.persistence.engine import Database
 from voidvm_server.services.audit import AuditLog
 from voidvm_server.services.auth import AuthService
 from voidvm_server.services.console import ConsoleHub
+from voidvm_server.services.disk_reserve import MIB, DiskReserve
 from voidvm_server.services.images import ImageService
 from voidvm_server.services.live_config import LiveConfigStore
+from voidvm_server.services.login_guard import LoginGuard
 from voidvm_server.services.monitor import ResourceMonitor
 from voidvm_server.services.ratelimit import RateLimiter
 from voidvm_server.services.system import SystemService
@@ -51,19 +57,35 @@ class DefaultPasswordRefused(RuntimeError):
     pass
 
 
+def guest_network(settings: Settings) -> GuestNetwork:
+    return GuestNetwork(
+        passt_binary=settings.passt_binary, netns=settings.guest_netns, user=settings.guest_net_user
+    )
+
+
 async def build_driver(settings: Settings, qemu_version: str) -> Driver:
     accel = await choose_accel(settings.accel, settings.qemu_binary, qemu_version, settings.data_dir)
+    network = guest_network(settings)
+    await network.prepare()  # before any VM starts or is re-attached
     return QemuDriver(
         settings.data_dir,
         accel=accel,
         binary=settings.qemu_binary,
         qemu_img=QemuImg(settings.qemu_img_binary),
         qmp_timeout=settings.qmp_timeout_seconds,
+        console=ConsoleLimits(settings.console_log_max_bytes, settings.console_replay_bytes),
+        network=network,
     )
 
 
+def disk_reserve(settings: Settings) -> DiskReserve:
+    # The VMs' directory may be a mount of its own: both filesystems must keep the reserve.
+    directories = [settings.data_dir, settings.data_dir / "vms"]
+    return DiskReserve(directories, settings.disk_reserve_mb * MIB)
+
+
 async def build_container(settings: Settings, driver_factory: DriverFactory | None) -> Container:
-    settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    prepare_data_dir(settings.data_dir)
     db = Database(settings.resolved_database_url)
     await db.migrate()
     secret = (
@@ -90,8 +112,11 @@ async def build_container(settings: Settings, driver_factory: DriverFactory | No
         refresh_ttl=settings.refresh_token_ttl_seconds,
     )
     images = ImageService(db, settings, qemu_img, default_image=lambda: live.current.default_image)
-    users = UserService(db, settings, live)
-    auth_service = AuthService(db, tokens, limiter, settings)
+    hashing = PasswordHashing(
+        workers=settings.password_hash_workers, max_in_flight=settings.login_max_concurrent
+    )
+    users = UserService(db, settings, live, hashing)
+    auth_service = AuthService(db, tokens, LoginGuard(limiter, settings), hashing, settings)
     return Container(
         settings=settings,
         db=db,
@@ -104,11 +129,11 @@ async def build_container(settings: Settings, driver_factory: DriverFactory | No
         auth=auth_service,
         users=users,
         images=images,
-        vms=VMService(db, driver, images, bus, live, settings),
+        vms=VMService(db, driver, images, bus, live, settings, disk_reserve(settings)),
         audit=AuditLog(db),
         monitor=ResourceMonitor(driver, settings.stats_interval_seconds),
         system=SystemService(db),
-        consoles=ConsoleHub(driver, bus, replay_bytes=settings.console_replay_bytes),
+        consoles=ConsoleHub(driver, bus),
         tickets=TicketService(settings.ws_ticket_ttl_seconds),
         lifecycle=LifecycleEvents(bus),
         ws_hub=ConnectionHub(
@@ -116,6 +141,8 @@ async def build_container(settings: Settings, driver_factory: DriverFactory | No
             auth_service.authenticate,
             max_per_user=settings.ws_max_per_user,
             max_total=settings.ws_max_total,
+            max_anonymous=settings.ws_max_anonymous,
+            max_anonymous_per_client=settings.ws_max_anonymous_per_client,
             revalidate_seconds=settings.ws_revalidate_seconds,
         ),
         host_policy=host_policy(settings),
@@ -140,6 +167,7 @@ async def start_services(container: Container) -> None:
         )
     await container.images.recover()
     await container.vms.recovery.reconcile()
+    container.auth.start()
     container.monitor.start()
     container.lifecycle.start()
     container.consoles.start()
@@ -152,6 +180,7 @@ async def stop_services(container: Container) -> None:
     await container.consoles.close()
     container.lifecycle.stop()
     await container.monitor.stop()
+    await container.auth.stop()
     await container.vms.close()
     await container.images.close()
     await container.driver.close()

@@ -47,10 +47,14 @@ async def enforce_rate_limit(request: Request, container: Container, key: str, r
         )
 
 
+def client_address(request: Request) -> str:
+    """The client's address: the peer's, or a trusted proxy's X-Forwarded-For (see serving.py)."""
+    return request.client.host if request.client else "unknown"
+
+
 async def client_budget(request: Request, container: ContainerDep) -> None:
     """Before login: a budget per client address."""
-    client = request.client.host if request.client else "unknown"
-    await enforce_rate_limit(request, container, f"ip:{client}", "anonymous")
+    await enforce_rate_limit(request, container, f"ip:{client_address(request)}", "anonymous")
 
 
 async def current_principal(request: Request, container: ContainerDep) -> Principal:

@@ -27,6 +27,7 @@ STATUS_TABLE: list[tuple[type[e.VoidVMError], int]] = [
     (e.NotFoundError, 404),
     (e.ConflictError, 409),
     (e.TooManyRequestsError, 429),
+    (e.InsufficientStorageError, 507),
     (e.StorageError, 507),
     (e.ServiceUnavailableError, 503),
     (e.HypervisorUnavailableError, 503),
@@ -74,7 +75,11 @@ async def _voidvm_error(_request: Request, exc: Exception) -> JSONResponse:
 
 
 def _field_name(loc: tuple[Any, ...]) -> str:
-    parts = [str(p) for p in loc if p not in ("body", "query", "path", "header")]
+    # Only the first element says where the value came from: a body field may well be named
+    # "path" (an image import's) and must keep that name.
+    parts = [str(p) for p in loc]
+    if parts and parts[0] in ("body", "query", "path", "header", "cookie"):
+        parts = parts[1:]
     return ".".join(parts) or "body"
 
 

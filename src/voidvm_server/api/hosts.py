@@ -3,12 +3,14 @@
 A page on an attacker's site can make its own name resolve to 127.0.0.1 and then talk to VoidVM
 from the victim's browser as a "same-origin" request. Such a request still names the attacker's
 host in `Host` (and in `Origin`), so answering only to known names stops it. The names are
-localhost, 127.0.0.1, [::1], a specific listen address and `allowed_hosts`; `*` in that list
-answers to any name.
+localhost, the listen address and `allowed_hosts`; `*` in that list answers to any name. An IP
+address in `Host` is always answered: no DNS answer is involved, so a browser sends it only to
+the address it names, and a page at that origin is one this server (or its proxy) served.
 """
 
 from __future__ import annotations
 
+import ipaddress
 from urllib.parse import urlsplit
 
 
@@ -38,4 +40,21 @@ class HostPolicy:
         if host_header is None or self.any_host:
             return True
         name = hostname(host_header)
-        return name is not None and name in self.answered
+        return name is not None and (name in self.answered or _is_ip_address(name))
+
+    def allows_origin(self, origin_host: str, host_header: str | None) -> bool:
+        """Whether a browser page from `origin_host` may open a WebSocket here: a name the server
+        answers to, or the very IP address the request was sent to (a LAN user's page served by
+        this server). An IP address alone is not enough: a page at any IP address could name it."""
+        request_host = hostname(host_header) if host_header else None
+        if self.any_host or _is_ip_address(origin_host):
+            return origin_host == request_host
+        return origin_host in self.answered
+
+
+def _is_ip_address(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True

@@ -106,7 +106,7 @@ def audit_json(entry: AuditEntry) -> dict[str, Any]:
     }
 
 
-def stats_json(vm: VM, stats: VMStats | None, when: datetime) -> dict[str, Any]:
+def stats_json(vm: VM, stats: VMStats | None, allocated_bytes: int | None, when: datetime) -> dict[str, Any]:
     return {
         "vm_id": vm.id,
         "status": vm.status.value,
@@ -118,6 +118,7 @@ def stats_json(vm: VM, stats: VMStats | None, when: datetime) -> dict[str, Any]:
         "disk": {
             "read_bytes": stats.disk_read_bytes if stats else 0,
             "write_bytes": stats.disk_write_bytes if stats else 0,
+            "allocated_bytes": allocated_bytes,
         },
         "network": {
             "rx_bytes": stats.net_rx_bytes if stats else None,

@@ -263,6 +263,10 @@ class MemoryUsage(Public):
 class DiskIO(Public):
     read_bytes: int
     write_bytes: int
+    allocated_bytes: int | None = Field(
+        description="bytes the VM's disk file really takes on the host (thin: grows as the guest "
+        "writes; its base image not counted); null when the disk is missing"
+    )
 
 
 class NetworkIO(Public):
@@ -283,7 +287,10 @@ class VMMetrics(Public):
 
 class ConsoleLog(Public):
     log: str
-    size: int = Field(description="bytes in the whole log")
+    size: int = Field(
+        description="bytes saved: console.log and the rotated console.log.1, each at most "
+        "`console_log_max_bytes`"
+    )
     truncated: bool = Field(description="true when `log` is only its tail")
 
 

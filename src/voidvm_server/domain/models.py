@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 
-GUEST_IP = "10.0.2.15"  # QEMU's user-mode NAT always leases this address to the guest
+GUEST_IP = "10.0.2.15"  # passt (and QEMU's restricted fallback) always lease this address
 
 
 class Role(StrEnum):

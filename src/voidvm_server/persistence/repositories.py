@@ -11,6 +11,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Row, Select, bindparam, delete, func, or_, select, update
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -153,16 +155,6 @@ class UserRepository:
     async def delete(self, user_id: str) -> None:
         await self.session.execute(delete(UserRow).where(UserRow.id == user_id))
 
-    async def count_failed_login(self, user_id: str) -> int:
-        """Add one failed login in a single UPDATE and return the new count."""
-        result = await self.session.execute(
-            update(UserRow)
-            .where(UserRow.id == user_id)
-            .values(failed_logins=UserRow.failed_logins + 1)
-            .returning(UserRow.failed_logins)
-        )
-        return int(result.scalar_one())
-
     async def reserve(self, user_id: str, cpus: int, memory_mb: int, disk_gb: int) -> bool:
         """Take one VM's worth of quota in a single conditional UPDATE: atomic on every database."""
         result = await self.session.execute(
@@ -270,13 +262,24 @@ class TokenRepository:
             update(ApiTokenRow).where(ApiTokenRow.id == token_id).values(last_used_at=when)
         )
 
-    async def revoke_session(self, session_id: str, expires_at: datetime) -> None:
-        if await self.session.get(RevokedSessionRow, session_id) is None:
-            self.session.add(RevokedSessionRow(session_id=session_id, expires_at=expires_at))
-            await self.session.flush()
+    async def revoke_session(self, session_id: str, expires_at: datetime) -> bool:
+        """Record a session as ended; True only for the caller that recorded it first (one
+        INSERT that skips an existing row, so parallel callers never collide)."""
+        dialect = self.session.get_bind().dialect.name
+        insert = postgresql_insert if dialect == "postgresql" else sqlite_insert
+        statement = (
+            insert(RevokedSessionRow)
+            .values(session_id=session_id, expires_at=expires_at)
+            .on_conflict_do_nothing(index_elements=["session_id"])
+        )
+        result = await self.session.execute(statement)
+        return bool(result.rowcount)  # type: ignore[attr-defined]
 
-    async def purge_revoked(self, now: datetime) -> None:
-        await self.session.execute(delete(RevokedSessionRow).where(RevokedSessionRow.expires_at < now))
+    async def purge_revoked(self, now: datetime) -> int:
+        result = await self.session.execute(
+            delete(RevokedSessionRow).where(RevokedSessionRow.expires_at < now)
+        )
+        return int(result.rowcount)  # type: ignore[attr-defined]
 
 
 def _image(row: ImageRow) -> Image:

@@ -7,7 +7,7 @@ import logging
 from dataclasses import dataclass
 from datetime import timedelta
 
-from voidvm_server.auth.passwords import DUMMY_HASH, verify_password
+from voidvm_server.auth.passwords import DUMMY_HASH, PasswordHashing
 from voidvm_server.auth.principal import Principal
 from voidvm_server.auth.tokens import (
     API_TOKEN_PREFIX,
@@ -18,20 +18,15 @@ from voidvm_server.auth.tokens import (
 )
 from voidvm_server.config import Settings
 from voidvm_server.domain.models import ApiToken, User, UserStatus
-from voidvm_server.errors import (
-    AccountDisabledError,
-    AuthError,
-    NotFoundError,
-    TooManyRequestsError,
-    ValidationError,
-)
+from voidvm_server.errors import AccountDisabledError, AuthError, NotFoundError, ValidationError
 from voidvm_server.persistence.engine import Database
 from voidvm_server.persistence.repositories import TokenRepository, UserRepository
 from voidvm_server.services.clock import now
 from voidvm_server.services.ids import new_id
-from voidvm_server.services.ratelimit import RateLimiter
+from voidvm_server.services.login_guard import LoginGuard
 
 log = logging.getLogger(__name__)
+REVOKED_PURGE_INTERVAL_SECONDS = 3600
 
 
 @dataclass(frozen=True)
@@ -45,63 +40,88 @@ def _invalid_credentials() -> AuthError:
 
 
 class AuthService:
-    def __init__(self, db: Database, tokens: TokenService, limiter: RateLimiter, settings: Settings) -> None:
+    def __init__(
+        self,
+        db: Database,
+        tokens: TokenService,
+        guard: LoginGuard,
+        hashing: PasswordHashing,
+        settings: Settings,
+    ) -> None:
         self.db = db
         self.tokens = tokens
-        self.limiter = limiter
+        self.guard = guard
+        self.hashing = hashing
         self.settings = settings
-        self._attempts = limiter.parse(f"{settings.login_attempts_per_minute}/minute")
+        self._purger: asyncio.Task[None] | None = None
 
     async def login(self, username: str, password: str, client_ip: str) -> LoginResult:
-        # Every attempt spends the budget before the (costly) check, so a parallel burst cannot
-        # slip past it; a successful login gives the budget back, so scripts that log in often
-        # are not throttled.
-        attempt_key = ("login", client_ip, username.lower())
-        verdict = await self.limiter.hit(self._attempts, *attempt_key)
-        if not verdict.allowed:
-            raise TooManyRequestsError(
-                "Too many failed login attempts; wait and try again",
-                code="TOO_MANY_ATTEMPTS",
-                retry_after=verdict.reset_after,
-            )
-        async with self.db.session() as s:
+        async with self.db.reading() as s:
             user = await UserRepository(s).by_username(username)
-        if user is None:
-            await asyncio.to_thread(verify_password, DUMMY_HASH, password)  # same cost as a real check
-            raise _invalid_credentials()
-        stamp = now()
-        if user.locked_until is not None and user.locked_until > stamp:
-            raise AuthError(
-                "The account is locked after repeated failed logins; try again later",
-                code="ACCOUNT_LOCKED",
-                details={"locked_until": user.locked_until.isoformat()},
-            )
-        # argon2 takes ~0.1 s of CPU: off the event loop, so QMP and sockets keep being served.
-        if not await asyncio.to_thread(verify_password, user.password_hash, password):
-            await self._record_failure(user)
-            raise _invalid_credentials()
-        await self.limiter.clear(self._attempts, *attempt_key)
+        await self.check_password(user, username, password, client_ip)
+        assert user is not None
         if user.status is UserStatus.DISABLED:
             raise AccountDisabledError()
         async with self.db.session() as s:
-            await UserRepository(s).update(user.id, failed_logins=0, locked_until=None, last_login_at=stamp)
+            await UserRepository(s).update(user.id, last_login_at=now())
         return LoginResult(user, self.tokens.issue(user.id, user.token_version))
 
-    async def _record_failure(self, user: User) -> None:
-        async with self.db.session() as s:
-            repo = UserRepository(s)
-            failures = await repo.count_failed_login(user.id)  # atomic: parallel failures all count
-            if failures >= self.settings.login_max_failures:
-                locked_until = now() + timedelta(seconds=self.settings.login_lockout_seconds)
-                await repo.update(user.id, failed_logins=0, locked_until=locked_until)
-                log.warning("Account %s locked after %d failed logins", user.username, failures)
+    async def check_password(self, user: User | None, username: str, password: str, client_ip: str) -> None:
+        """Check a password under the login guard; `user` None (no such account) costs the same
+        and is answered the same as a wrong password."""
+        claim = await self.guard.claim(username, client_ip)
+        try:
+            right = await self.hashing.verify(user.password_hash if user else DUMMY_HASH, password)
+        except BaseException:  # not checked (the pool was full, the request was cancelled)
+            await self.guard.succeeded(claim)
+            raise
+        if user is None or not right:
+            raise _invalid_credentials()
+        await self.guard.succeeded(claim)
+
+    async def confirm_password(self, user: User, password: str, client_ip: str) -> None:
+        """A signed-in user proving they know their password (to change it): guesses count
+        exactly like failed logins."""
+        try:
+            await self.check_password(user, user.username, password, client_ip)
+        except AuthError:
+            raise ValidationError("current_password", "is not your current password") from None
 
     async def refresh(self, refresh_token: str) -> LoginResult:
+        """A refresh token is single-use: of parallel refreshes with one token exactly one wins
+        (the first to record its session as used); the others get 401."""
         claims = self.tokens.decode(refresh_token, kind="refresh")
         user = await self._live_user(claims.user_id, claims.session_id, claims.token_version)
         async with self.db.session() as s:
-            await TokenRepository(s).revoke_session(claims.session_id, claims.expires_at)
+            first = await TokenRepository(s).revoke_session(claims.session_id, claims.expires_at)
+        if not first:
+            raise AuthError("The refresh token was already used", code="INVALID_TOKEN")
         return LoginResult(user, self.tokens.issue(user.id, user.token_version))
+
+    # -- revoked sessions are kept until their tokens would have expired anyway -----------------
+    def start(self) -> None:
+        self._purger = asyncio.get_running_loop().create_task(self._purge_revoked_sessions())
+
+    async def stop(self) -> None:
+        purger, self._purger = self._purger, None
+        if purger is not None:
+            purger.cancel()
+            await asyncio.gather(purger, return_exceptions=True)
+        self.hashing.close()  # shared with UserService: the server stops with both
+
+    async def purge_revoked(self) -> int:
+        async with self.db.session() as s:
+            return await TokenRepository(s).purge_revoked(now())
+
+    async def _purge_revoked_sessions(self) -> None:
+        while True:
+            try:
+                purged = await self.purge_revoked()
+                if purged:
+                    log.info("Purged %d expired revoked sessions", purged)
+            except Exception:
+                log.exception("Purging expired revoked sessions failed")
+            await asyncio.sleep(REVOKED_PURGE_INTERVAL_SECONDS)
 
     async def logout(self, principal: Principal) -> None:
         if principal.session_id is None:

@@ -42,10 +42,43 @@ async def check_target(url: str, *, allow_private: bool) -> list[str]:
     if not addresses:
         raise ValidationError("url", f"the host '{parts.hostname}' could not be resolved")
     for text in addresses if not allow_private else ():
-        address = ipaddress.ip_address(text)
-        if not address.is_global or address.is_multicast:
+        if refused_address(ipaddress.ip_address(text.split("%", 1)[0])):
             raise ValidationError("url", "points at a loopback, link-local or private address")
     return list(dict.fromkeys(addresses))
+
+
+# IPv6 ranges that carry or translate to IPv4 (or are deprecated), so that a gateway could take
+# a connection on to an internal IPv4 address: refused outright, whatever they embed.
+_NAT64 = (ipaddress.IPv6Network("64:ff9b::/96"), ipaddress.IPv6Network("64:ff9b:1::/48"))
+_IPV4_COMPATIBLE = ipaddress.IPv6Network("::/96")
+_TRANSITION_NETWORKS = (
+    *_NAT64,
+    _IPV4_COMPATIBLE,
+    ipaddress.IPv6Network("::ffff:0:0/96"),  # IPv4-mapped
+    ipaddress.IPv6Network("2002::/16"),  # 6to4
+    ipaddress.IPv6Network("2001::/32"),  # Teredo
+    ipaddress.IPv6Network("fec0::/10"),  # site-local
+)
+
+
+def refused_address(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    """Whether a download may not connect to `address`: anything but a global unicast address,
+    and for IPv6 also the transition ranges and any address whose embedded IPv4 is refused."""
+    if isinstance(address, ipaddress.IPv6Address):
+        if any(refused_address(v4) for v4 in _embedded_ipv4(address)):
+            return True
+        if any(address in network for network in _TRANSITION_NETWORKS):
+            return True
+    return not address.is_global or address.is_multicast
+
+
+def _embedded_ipv4(address: ipaddress.IPv6Address) -> list[ipaddress.IPv4Address]:
+    found = [v4 for v4 in (address.ipv4_mapped, address.sixtofour) if v4 is not None]
+    if address.teredo is not None:
+        found += address.teredo  # (server, client)
+    if address in _IPV4_COMPATIBLE or any(address in network for network in _NAT64):
+        found.append(ipaddress.IPv4Address(int(address) & 0xFFFFFFFF))  # in the low 32 bits
+    return found
 
 
 def pinned(url: str, address: str) -> tuple[str, dict[str, str], dict[str, Any]]:

@@ -253,10 +253,16 @@ class ImageService:
 
     def _import_path(self, relative: str) -> Path:
         """Only files inside the import directory: no user-supplied host path is opened."""
+        refusal = ValidationError("path", "must name a file inside the server's image import directory")
+        if "\x00" in relative:
+            raise refusal
         base = self.import_dir.resolve()
-        candidate = (base / relative).resolve()
-        if not candidate.is_relative_to(base) or not candidate.is_file():
-            raise ValidationError("path", "must name a file inside the server's image import directory")
+        try:
+            candidate = (base / relative).resolve()
+            if not candidate.is_relative_to(base) or not candidate.is_file():
+                raise refusal
+        except (OSError, ValueError):  # a loop of links, a name too long
+            raise refusal from None
         return candidate
 
     async def _save_upload(self, chunks: AsyncIterator[bytes], target: Path) -> None:

@@ -46,6 +46,14 @@ class RateLimiter:
         reset_after = max(1, math.ceil(stats.reset_time - time.time()))
         return Verdict(allowed, item.amount, max(0, stats.remaining), reset_after)
 
+    async def count(self, key: str, window_seconds: int, amount: int = 1) -> tuple[int, int]:
+        """Add `amount` (negative to give back) to a counter that lives `window_seconds` from its
+        first hit; returns (the new value, seconds until the window ends). Atomic in both
+        storages, so parallel callers each see a distinct value."""
+        value = await self.storage.incr(f"counter/{key}", window_seconds, amount)
+        expires = await self.storage.get_expiry(f"counter/{key}")
+        return value, max(1, math.ceil(expires - time.time()))
+
     async def clear(self, item: RateLimitItem, *key: str) -> None:
         await self._limiter.clear(item, *key)
 

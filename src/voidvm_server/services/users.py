@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import re
 from dataclasses import dataclass
 
-from voidvm_server.auth.passwords import hash_password, verify_password
+from voidvm_server.auth.passwords import PasswordHashing
 from voidvm_server.config import DEFAULT_ADMIN_PASSWORD, Settings
 from voidvm_server.domain.models import Quota, Role, Usage, User, UserStatus
 from voidvm_server.errors import ConflictError, NotFoundError, ValidationError
@@ -45,10 +44,13 @@ def check_password_strength(password: str, field: str = "password") -> None:
 
 
 class UserService:
-    def __init__(self, db: Database, settings: Settings, live: LiveConfigStore) -> None:
+    def __init__(
+        self, db: Database, settings: Settings, live: LiveConfigStore, hashing: PasswordHashing
+    ) -> None:
         self.db = db
         self.settings = settings
         self.live = live
+        self.hashing = hashing
 
     def default_quota(self) -> Quota:
         return Quota(**self.live.current.default_quota.model_dump())
@@ -71,12 +73,13 @@ class UserService:
         if role is Role.ADMIN:
             base = Quota(1000, 10_000, 10_000_000, 1_000_000)
         merged = Quota(**{**base.__dict__, **(quota or {})})
+        password_hash = await self.hashing.hash(password)
         stamp = now()
         user = User(
             id=new_id("usr"),
             username=username,
             email=email,
-            password_hash=hash_password(password),
+            password_hash=password_hash,
             role=role,
             status=UserStatus.ACTIVE,
             quota=merged,
@@ -120,7 +123,7 @@ class UserService:
             values["status"] = changes.status.value
         if changes.password is not None:
             check_password_strength(changes.password)
-            values["password_hash"] = await asyncio.to_thread(hash_password, changes.password)
+            values["password_hash"] = await self.hashing.hash(changes.password)
         if changes.quota:
             values.update({k: v for k, v in changes.quota.items()})
         async with self.db.session() as s:
@@ -139,12 +142,12 @@ class UserService:
         return await self.get(user_id)
 
     async def change_password(self, user: User, current: str, new: str) -> None:
-        if not await asyncio.to_thread(verify_password, user.password_hash, current):
-            raise ValidationError("current_password", "is not your current password")
+        """Set a new password; the caller has confirmed `current` (AuthService.confirm_password,
+        which counts wrong guesses like failed logins)."""
         check_password_strength(new, "new_password")
         if new == current:
             raise ValidationError("new_password", "must differ from the current password")
-        new_hash = await asyncio.to_thread(hash_password, new)
+        new_hash = await self.hashing.hash(new)
         async with self.db.session() as s:
             await UserRepository(s).update(
                 user.id, password_hash=new_hash, token_version=user.token_version + 1, updated_at=now()
@@ -179,4 +182,4 @@ class UserService:
     async def admin_uses_default_password(self) -> bool:
         async with self.db.session() as s:
             admin = await UserRepository(s).by_username("admin")
-        return admin is not None and verify_password(admin.password_hash, DEFAULT_ADMIN_PASSWORD)
+        return admin is not None and await self.hashing.verify(admin.password_hash, DEFAULT_ADMIN_PASSWORD)

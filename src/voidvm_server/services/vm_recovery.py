@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from voidvm_server.domain.models import VM, ImageStatus, VMStatus
+from voidvm_server.drivers.base import DISK_FULL_REASON
 from voidvm_server.errors import ServiceUnavailableError, VoidVMError
 from voidvm_server.persistence.engine import database_unavailable
 from voidvm_server.persistence.repositories import VMRepository
@@ -60,9 +61,14 @@ class VMRecovery:
             return
         if pid is not None:
             qemu = await self.svc.driver.query_status(vm.id)
-            status = S.PAUSED if qemu == "paused" else S.RUNNING
-            if vm.status is not status or vm.pid != pid:
-                await self.svc._set_status(vm.id, status, pid=pid, started_at=vm.started_at or now())
+            status = S.PAUSED if qemu in {"paused", "io-error"} else S.RUNNING
+            reason = vm.status_reason if status is vm.status else None
+            if qemu == "io-error":
+                # QEMU stops a guest this way only for a write that found the host's disk full
+                # (werror=enospc), maybe while the server was down.
+                reason = DISK_FULL_REASON
+            if (vm.status, vm.pid, vm.status_reason) != (status, pid, reason):
+                await self.svc._set_status(vm.id, status, reason, pid=pid, started_at=vm.started_at or now())
             log.info("Re-attached to VM %s (pid %d)", vm.id, pid)
             return
         gone = {"pid": None, "ssh_port": None, "started_at": None}

@@ -5,6 +5,8 @@ Rules kept here:
 - One action at a time per VM (a lock per VM); illegal transitions answer 409 with the state.
 - Quota is reserved in the same transaction that inserts the VM, by a conditional UPDATE.
 - Users only ever see their own VMs: another user's VM id answers VM_NOT_FOUND.
+- New disk space (a create, a growth, a start) is refused while the host is under its free-space
+  reserve, before anything is written.
 """
 
 from __future__ import annotations
@@ -36,8 +38,10 @@ from voidvm_server.errors import (
 from voidvm_server.events.bus import EventBus
 from voidvm_server.persistence.engine import Database
 from voidvm_server.persistence.repositories import UserRepository, VMRepository
+from voidvm_server.services import context
 from voidvm_server.services.clock import now
 from voidvm_server.services.crash_policy import CrashRestarts
+from voidvm_server.services.disk_reserve import DiskReserve
 from voidvm_server.services.ids import is_valid_id, new_id
 from voidvm_server.services.images import ImageService
 from voidvm_server.services.live_config import LiveConfigStore
@@ -66,8 +70,10 @@ class VMService:
         bus: EventBus,
         live: LiveConfigStore,
         settings: Settings,
+        reserve: DiskReserve,
     ) -> None:
         self.db = db
+        self.reserve = reserve
         self.driver = driver
         self.images = images
         self.bus = bus
@@ -79,6 +85,7 @@ class VMService:
         self._crash_restarts = CrashRestarts()
         self.recovery = VMRecovery(self)
         driver.set_exit_handler(self._on_process_exit)
+        driver.set_pause_handler(self._on_paused_by_hypervisor)
 
     # -- reading -------------------------------------------------------------------------------
     async def get(self, principal: Principal, vm_id: str) -> VM:
@@ -146,6 +153,7 @@ class VMService:
         if image.status is ImageStatus.ERROR:
             raise ValidationError("os", f"the image '{image.name}' is unusable: {image.status_reason}")
         self._check_fits(image, spec.disk)
+        await self.reserve.check()
         stamp = now()
         vm = VM(
             id=new_id("vm"),
@@ -275,6 +283,8 @@ class VMService:
                 self._check_size(cpu, memory, disk)
                 if disk is not None and disk < vm.disk_gb:
                     raise ValidationError("disk", f"can only grow (currently {vm.disk_gb} GB)")
+                if disk is not None:
+                    await self.reserve.check()
             async with self.db.session() as s:
                 if hardware:
                     d_cpu = (cpu or vm.cpu) - vm.cpu
@@ -317,6 +327,8 @@ class VMService:
         try:
             vm = await self._reload(vm.id)
             check_action(action, vm.status)
+            if action == "start":
+                await self.reserve.check()
             work = self._plan(vm, action, force, timeout or self.settings.stop_timeout_seconds)
             with self.recovery.resync_if_the_database_fails(vm.id):
                 vm = await work.begin()
@@ -482,11 +494,13 @@ class VMService:
             "uptime": (now() - vm.started_at).total_seconds() if running and vm.started_at else 0,
         }
 
-    async def stats(self, principal: Principal, vm_id: str) -> tuple[VM, VMStats | None]:
+    async def stats(self, principal: Principal, vm_id: str) -> tuple[VM, VMStats | None, int | None]:
+        """The VM, its live usage (None when it is not running) and its disk's allocated bytes."""
         vm = await self.get(principal, vm_id)
+        allocated = self.driver.disk_allocated_bytes(vm.id)
         if not self.driver.is_running(vm.id):
-            return vm, None
-        return vm, await self.driver.stats(vm.id)
+            return vm, None, allocated
+        return vm, await self.driver.stats(vm.id), allocated
 
     # -- state and events ----------------------------------------------------------------------
     async def _set_status(self, vm_id: str, status: VMStatus, reason: str | None = None, **values: Any) -> VM:
@@ -526,6 +540,24 @@ class VMService:
         if vm_id in self._expecting_exit:
             return  # the stop/restart/delete that asked for it records the outcome
         self._spawn(self._record_exit(vm_id, clean, reason))
+
+    def _on_paused_by_hypervisor(self, vm_id: str, reason: str) -> None:
+        self._spawn(self._record_pause(vm_id, reason))
+
+    async def _record_pause(self, vm_id: str, reason: str) -> None:
+        """QEMU paused the guest itself (a disk write found the host's disk full)."""
+        # This task's own context, copied from the request that started the VM: nobody asked.
+        context.user_name.set(None)
+        context.request_id.set(None)
+        async with self._lock(vm_id):
+            with self.recovery.resync_if_the_database_fails(vm_id):
+                vm = await self._load(vm_id)
+                # Behind the lock: an action that ran meanwhile (a stop, a resume that failed
+                # again) decided the status, unless the VM still runs or sits paused.
+                if vm is None or vm.status not in {S.RUNNING, S.PAUSED} or not self.driver.is_running(vm_id):
+                    return
+                log.warning("VM %s paused by the hypervisor: %s", vm_id, reason)
+                await self._set_status(vm_id, S.PAUSED, reason)
 
     async def _record_exit(self, vm_id: str, clean: bool, reason: str) -> None:
         async with self._lock(vm_id):

@@ -9,7 +9,7 @@
      │    └── QuotaExceededError 403 QUOTA_EXCEEDED
      ├── NotFoundError           404 VM_NOT_FOUND, IMAGE_NOT_FOUND, ...
      ├── ConflictError           409 VM_ALREADY_RUNNING, INVALID_STATE, NAME_CONFLICT, ...
-     ├── RateLimitError          429 RATE_LIMIT_EXCEEDED, TOO_MANY_ATTEMPTS  (.retry_after)
+     ├── RateLimitError          429 RATE_LIMIT_EXCEEDED, TOO_MANY_ATTEMPTS, ... (.retry_after)
      ├── ServerError             5xx INTERNAL_SERVER_ERROR, HYPERVISOR_UNAVAILABLE, ...
      ├── TransportError          no answer: connection refused, timeout, broken socket
      │    └── SocketClosedError  the WebSocket closed or would not open (.close_code)
@@ -172,6 +172,7 @@ class WaitTimeoutError(VoidVMError, TimeoutError):
 _BY_CODE: dict[str, type[VoidVMError]] = {
     "VALIDATION_ERROR": ValidationError,
     "BAD_REQUEST": ValidationError,
+    "INVALID_HOST": ValidationError,
     "PAYLOAD_TOO_LARGE": ValidationError,
     "UNAUTHORIZED": AuthenticationError,
     "INVALID_TOKEN": AuthenticationError,
@@ -194,6 +195,7 @@ _BY_CODE: dict[str, type[VoidVMError]] = {
     "IMAGE_IN_USE": ConflictError,
     "RATE_LIMIT_EXCEEDED": RateLimitError,
     "TOO_MANY_ATTEMPTS": RateLimitError,
+    "LOGIN_BUSY": RateLimitError,
     "INTERNAL_SERVER_ERROR": ServerError,
     "HYPERVISOR_UNAVAILABLE": ServerError,
     "SERVICE_UNAVAILABLE": ServerError,

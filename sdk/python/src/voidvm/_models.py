@@ -110,7 +110,8 @@ class VMStatus(Record):
 
 
 class VMMetrics(Record):
-    """Resource usage (``GET /vms/{id}/metrics``)."""
+    """Resource usage (``GET /vms/{id}/metrics``). ``disk`` holds ``read_bytes``, ``write_bytes``
+    and ``allocated_bytes`` (what the VM's disk file takes on the host)."""
 
     vm_id: str
     status: str

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 
-from voidvm_server.api.deps import ContainerDep, CurrentPrincipal, client_budget
+from voidvm_server.api.deps import ContainerDep, CurrentPrincipal, client_address, client_budget
 from voidvm_server.api.envelope import ok
 from voidvm_server.api.presenters import token_json, user_json
 from voidvm_server.api.response_models import (
@@ -18,7 +18,7 @@ from voidvm_server.api.response_models import (
     UserPublic,
 )
 from voidvm_server.api.schemas import ApiTokenCreate, LoginRequest, PasswordChange, RefreshRequest
-from voidvm_server.errors import VoidVMError
+from voidvm_server.errors import TooManyRequestsError, VoidVMError
 from voidvm_server.services.auth import LoginResult
 
 router = APIRouter(prefix="/auth", tags=["auth"], responses=ERROR_RESPONSES)
@@ -38,9 +38,10 @@ def _login_response(result: LoginResult, container: ContainerDep) -> JSONRespons
 
 @router.post("/login", dependencies=[Depends(client_budget)], responses={200: {"model": LoginEnvelope}})
 async def login(body: LoginRequest, request: Request, container: ContainerDep) -> JSONResponse:
-    client = request.client.host if request.client else "unknown"
     try:
-        result = await container.auth.login(body.username, body.password, client)
+        result = await container.auth.login(body.username, body.password, client_address(request))
+    except TooManyRequestsError:
+        raise  # refused before any check: not an audit event, and an attacker could fill the log
     except VoidVMError as exc:
         await container.audit.record(
             "auth.login", user=None, username=body.username[:64], result="failure",
@@ -70,8 +71,9 @@ async def me(principal: CurrentPrincipal) -> JSONResponse:
 
 @router.put("/password", responses={200: {"model": EmptyEnvelope}})
 async def change_password(
-    body: PasswordChange, principal: CurrentPrincipal, container: ContainerDep
+    body: PasswordChange, request: Request, principal: CurrentPrincipal, container: ContainerDep
 ) -> JSONResponse:
+    await container.auth.confirm_password(principal.user, body.current_password, client_address(request))
     await container.users.change_password(principal.user, body.current_password, body.new_password)
     if principal.user.username == "admin":
         container.default_admin_password = await container.users.admin_uses_default_password()

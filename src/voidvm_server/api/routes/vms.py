@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Literal
 
 from fastapi import APIRouter, Query, Request
@@ -167,8 +166,8 @@ async def vm_status(vm_id: str, principal: CurrentPrincipal, container: Containe
 
 @router.get("/{vm_id}/metrics", responses={200: {"model": Envelope[VMMetrics]}})
 async def vm_metrics(vm_id: str, principal: CurrentPrincipal, container: ContainerDep) -> JSONResponse:
-    vm, stats = await container.vms.stats(principal, vm_id)
-    return ok(stats_json(vm, stats, now()))
+    vm, stats, allocated = await container.vms.stats(principal, vm_id)
+    return ok(stats_json(vm, stats, allocated, now()))
 
 
 @router.get("/{vm_id}/console/log", responses={200: {"model": Envelope[ConsoleLog]}})
@@ -179,18 +178,7 @@ async def console_log(
     tail: int = Query(65536, ge=1, le=4 * 1024 * 1024, description="bytes from the end"),
 ) -> JSONResponse:
     vm = await container.vms.get(principal, vm_id)
-    path = container.driver.console_log(vm.id)
-
-    def read_tail() -> tuple[bytes, int]:
-        try:
-            with path.open("rb") as handle:
-                size = handle.seek(0, 2)
-                handle.seek(max(0, size - tail))
-                return handle.read(), size
-        except FileNotFoundError:
-            return b"", 0
-
-    data, size = await asyncio.to_thread(read_tail)
+    data, size = await container.consoles.saved_output(vm.id, tail)
     return ok({"log": data.decode("utf-8", errors="replace"), "size": size,
                "truncated": size > len(data)})  # fmt: skip
 

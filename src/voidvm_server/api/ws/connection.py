@@ -4,7 +4,9 @@
          │                      │ bad token: error, close 4401
          │                      │ no auth within the grace period: error, close 4401
          │                      │ user at the socket limit: error, close 1008
-         └ server full: close 1013
+         │                      │ server at its authenticated cap: error, close 1013
+         └ no token, and its address (or the server) holds all the anonymous sockets it may:
+           close 1013
 
 Two tasks per socket: a reader (parse, throttle, dispatch one message at a time, in order) and
 the outbox's writer. Whichever ends first ends the socket; everything it owns is released then.
@@ -110,10 +112,13 @@ class EventSocket:
     # -- lifecycle -----------------------------------------------------------------------------
     async def run(self) -> None:
         context.request_id.set(f"ws-{secrets.token_hex(6)}")
-        context.client_ip.set(self.websocket.client.host if self.websocket.client else None)
-        if not self.hub.admit(self):
+        client = self.websocket.client.host if self.websocket.client else "unknown"
+        context.client_ip.set(client)
+        # A token in the handshake is checked before anything else, so such a socket is never
+        # anonymous; one that will send an `auth` message waits in the anonymous pool.
+        if self._token is None and not self.hub.admit_anonymous(self, client):
             await self.websocket.accept()
-            await self.websocket.close(p.CLOSE_TRY_LATER, "the server is at its WebSocket capacity")
+            await self.websocket.close(p.CLOSE_TRY_LATER, "too many unauthenticated WebSockets; retry later")
             return
         try:
             await self.websocket.accept()
@@ -229,13 +234,15 @@ class EventSocket:
             return
         if self.principal is not None and principal.id != self.principal.id:
             raise AuthError("A socket stays signed in as one user; open another socket", code="FORBIDDEN")
-        if not self.hub.bind(self, principal):
-            limit = self.hub.max_per_user
-            self._fail(ForbiddenError(
-                f"Too many WebSocket connections: at most {limit} per user; close one and retry",
-                code="TOO_MANY_CONNECTIONS", details={"limit": limit},
-            ), None, msg_id)  # fmt: skip
-            self.outbox.close(p.CLOSE_POLICY, f"at most {limit} WebSocket connections per user")
+        refusal = self.hub.bind(self, principal)
+        if refusal is not None:
+            if refusal.full == "user":
+                limit = self.hub.max_per_user
+                self._fail(ForbiddenError(
+                    f"Too many WebSocket connections: at most {limit} per user; close one and retry",
+                    code="TOO_MANY_CONNECTIONS", details={"limit": limit},
+                ), None, msg_id)  # fmt: skip
+            self.outbox.close(refusal.code, refusal.reason)
             return
         self.principal, self.credential = principal, token
         self.state = State.OPEN

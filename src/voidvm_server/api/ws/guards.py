@@ -1,12 +1,13 @@
 """Handshake checks shared by every WebSocket endpoint: the Origin allow-list, credentials.
 
 Origin: a request without an Origin header comes from a non-browser client and is allowed. A
-browser's Origin is allowed when its host is one the server answers to (`HostPolicy`: localhost,
-127.0.0.1, [::1], the listen address, `allowed_hosts`; any port or scheme), or when it is listed
-in `ws_allowed_origins` (exact `scheme://host[:port]`, or `*`). It is never compared with the
-request's own `Host`, which a DNS-rebinding page controls. Only when `allowed_hosts` holds `*`
-(no Host check at all) does the Origin's host have to equal the `Host` instead. Anything else is
-refused before the handshake completes (HTTP 403, in the envelope).
+browser's Origin is allowed when its host is a name the server answers to (`HostPolicy`:
+localhost, the listen address, `allowed_hosts`; any port or scheme), or the IP address the
+request was sent to, or when it is listed in `ws_allowed_origins` (exact `scheme://host[:port]`,
+or `*`). A name is never matched against the request's own `Host`, which a DNS-rebinding page
+controls; only when `allowed_hosts` holds `*` (no Host check at all) must the Origin's host equal
+the `Host` instead. Anything else is refused before the handshake completes (HTTP 403, in the
+envelope).
 """
 
 from __future__ import annotations
@@ -26,11 +27,7 @@ def origin_allowed(origin: str | None, host: str | None, policy: HostPolicy, all
     if "*" in allowed or normalized in {a.strip().rstrip("/").lower() for a in allowed}:
         return True
     origin_host = hostname(normalized)
-    if origin_host is None:
-        return False
-    if policy.any_host:
-        return host is not None and origin_host == hostname(host)
-    return origin_host in policy.answered
+    return origin_host is not None and policy.allows_origin(origin_host, host)
 
 
 async def refuse_origin(websocket: WebSocket) -> None:

@@ -102,8 +102,8 @@ async def unsubscribe(s: Session, data: UnsubscribeData, msg_id: MessageId) -> N
 
 def _vm_sampler(s: Session, vm_id: str) -> Callable[[], Awaitable[dict[str, Any]]]:
     async def sample() -> dict[str, Any]:
-        vm, stats = await s.container.vms.stats(s.principal(), vm_id)
-        return {"vmId": vm.id, **stats_json(vm, stats, now())}
+        vm, stats, allocated = await s.container.vms.stats(s.principal(), vm_id)
+        return {"vmId": vm.id, **stats_json(vm, stats, allocated, now())}
 
     return sample
 

@@ -1,8 +1,12 @@
 """ConnectionHub: every open WebSocket, its limits, its events and its credentials.
 
-- Admission: at most `max_total` sockets on the server (the next one is closed with 1013) and at
-  most `max_per_user` per authenticated user (the next one gets an error and close 1008). A slot
-  is freed the moment a socket ends, however it ends (uvicorn's pings notice vanished clients).
+- Admission, in two pools. A socket that has not authenticated yet (a `/ws` waiting for its
+  `auth` message, within the grace period) is *anonymous*: at most `max_anonymous_per_client` of
+  them per client address and `max_anonymous` in all. An authenticated socket counts against
+  its user (`max_per_user`, then an error and close 1008) and the server (`max_total`, then close
+  1013). So anonymous sockets, however many reconnect loops open them, never take a signed-in
+  user's place. A slot is freed the moment a socket ends, however it ends (uvicorn's pings
+  notice vanished clients).
 - Fan-out: one EventBus listener hands every event to every socket, synchronously, in id order;
   each socket filters by its own subscriptions and queues what it keeps.
 - Revocation: every `revalidate_seconds` each distinct credential is authenticated again; the
@@ -14,10 +18,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Awaitable, Callable
-from typing import Protocol
+from dataclasses import dataclass
+from typing import Literal, Protocol
 
+from voidvm_server.api.ws.protocol import CLOSE_POLICY, CLOSE_TRY_LATER
 from voidvm_server.api.ws.rendering import EventRenderer
 from voidvm_server.auth.principal import Principal
 from voidvm_server.errors import AuthError
@@ -25,6 +31,13 @@ from voidvm_server.events.bus import Event, EventBus
 
 log = logging.getLogger(__name__)
 Authenticate = Callable[[str], Awaitable[Principal]]
+
+
+@dataclass(frozen=True)
+class Refusal:
+    code: int  # the WebSocket close code
+    reason: str
+    full: Literal["user", "server"]
 
 
 class Member(Protocol):
@@ -49,35 +62,55 @@ class ConnectionHub:
         max_per_user: int,
         max_total: int,
         revalidate_seconds: float,
+        max_anonymous: int = 100,
+        max_anonymous_per_client: int = 10,
     ) -> None:
         self.bus = bus
         self.authenticate = authenticate
         self.max_per_user = max_per_user
         self.max_total = max_total
+        self.max_anonymous = max_anonymous
+        self.max_anonymous_per_client = max_anonymous_per_client
         self.revalidate_seconds = revalidate_seconds
         self.renderer = EventRenderer()
-        self._members: set[Member] = set()
+        self._members: set[Member] = set()  # authenticated
         self._by_user: dict[str, set[Member]] = defaultdict(set)
+        self._anonymous: dict[Member, str] = {}  # socket -> its client address
+        self._anonymous_by_client: Counter[str] = Counter()
         self._sweeper: asyncio.Task[None] | None = None
         self._unlisten: Callable[[], None] = lambda: None
 
     # -- admission -------------------------------------------------------------------------------
-    def admit(self, member: Member) -> bool:
-        """Count a new socket against the global cap; False when the server is full."""
-        if len(self._members) >= self.max_total:
+    def admit_anonymous(self, member: Member, client: str) -> bool:
+        """Count a socket that has yet to authenticate; False when its address or the server
+        holds as many as allowed."""
+        if (
+            len(self._anonymous) >= self.max_anonymous
+            or self._anonymous_by_client[client] >= self.max_anonymous_per_client
+        ):
             return False
-        self._members.add(member)
+        self._anonymous[member] = client
+        self._anonymous_by_client[client] += 1
         return True
 
-    def bind(self, member: Member, principal: Principal) -> bool:
-        """Count an authenticated socket against its user's cap; False when the user is at it."""
+    def bind(self, member: Member, principal: Principal) -> Refusal | None:
+        """Count an authenticated socket against its user and the server (leaving the anonymous
+        pool); the refusal when either is full."""
         sockets = self._by_user[principal.id]
-        if member not in sockets and len(sockets) >= self.max_per_user:
-            return False
+        if member not in sockets:
+            if len(sockets) >= self.max_per_user:
+                return Refusal(
+                    CLOSE_POLICY, f"at most {self.max_per_user} WebSocket connections per user", "user"
+                )
+            if len(self._members) >= self.max_total:
+                return Refusal(CLOSE_TRY_LATER, "the server is at its WebSocket capacity", "server")
+        self._forget_anonymous(member)
         sockets.add(member)
-        return True
+        self._members.add(member)
+        return None
 
     def leave(self, member: Member) -> None:
+        self._forget_anonymous(member)
         self._members.discard(member)
         if member.principal is not None:
             sockets = self._by_user.get(member.principal.id)
@@ -86,9 +119,20 @@ class ConnectionHub:
                 if not sockets:
                     del self._by_user[member.principal.id]
 
+    def _forget_anonymous(self, member: Member) -> None:
+        client = self._anonymous.pop(member, None)
+        if client is not None:
+            self._anonymous_by_client[client] -= 1
+            if self._anonymous_by_client[client] <= 0:
+                del self._anonymous_by_client[client]
+
     @property
     def total(self) -> int:
         return len(self._members)
+
+    @property
+    def anonymous(self) -> int:
+        return len(self._anonymous)
 
     def count_for(self, user_id: str) -> int:
         return len(self._by_user.get(user_id, ()))

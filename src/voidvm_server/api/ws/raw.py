@@ -56,10 +56,6 @@ class RawStream:
         hub = self.container.ws_hub
         offered = self.websocket.scope.get("subprotocols") or []
         subprotocol = "binary" if "binary" in offered else None
-        if not hub.admit(self):
-            await self.websocket.accept(subprotocol)
-            await self.websocket.close(p.CLOSE_TRY_LATER, "the server is at its WebSocket capacity")
-            return
         try:
             await self.websocket.accept(subprotocol)
             refusal = await self._authorize()
@@ -89,11 +85,9 @@ class RawStream:
             return p.CLOSE_NOT_FOUND, exc.message
         if not self.container.driver.is_running(vm.id):
             return p.CLOSE_CONFLICT, "the VM is not running"
-        if not self.container.ws_hub.bind(self, principal):
-            return (
-                p.CLOSE_POLICY,
-                f"at most {self.container.ws_hub.max_per_user} WebSocket connections per user",
-            )
+        refusal = self.container.ws_hub.bind(self, principal)  # raw streams are never anonymous
+        if refusal is not None:
+            return refusal.code, refusal.reason
         self.principal, self.credential = principal, credential
         return None
 

@@ -1,8 +1,10 @@
 """QemuDriver: the real hypervisor driver. One detached qemu-system process per VM.
 
 Run directory per VM (`<data>/vms/<vm-id>/`): disk.qcow2, qemu.pid, qmp.sock, serial.sock,
-vnc.sock and console.log. Sockets are unix sockets made 0600; nothing listens on TCP except the
-optional loopback SSH forward.
+vnc.sock, console.log (+ console.log.1, console.previous.log), and passt.pid/passt.log of its
+network (guest_network.py). Sockets are unix sockets made 0600; nothing listens on TCP except the
+optional loopback SSH forward (passt's). The driver holds each running VM's serial console
+(drivers/qemu/console.py) and writes its bounded log.
 """
 
 from __future__ import annotations
@@ -16,14 +18,27 @@ import shutil
 import time
 from collections.abc import Coroutine
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import psutil
 
-from voidvm_server.drivers.base import BootMedia, ExitHandler, VMSpec, VMStats
+from voidvm_server.drivers.base import (
+    DISK_FULL_REASON,
+    BootMedia,
+    ConsoleHandler,
+    ExitHandler,
+    PauseHandler,
+    VMSpec,
+    VMStats,
+)
+from voidvm_server.drivers.console_log import ConsoleLimits, RotatingLog, start_new_log
 from voidvm_server.drivers.qemu.cmdline import RunPaths, build_argv
+from voidvm_server.drivers.qemu.console import SerialRecorder
+from voidvm_server.drivers.qemu.guest_network import GuestNetwork
 from voidvm_server.drivers.qemu.images import QemuImg
+from voidvm_server.drivers.qemu.passt import PasstFiles, PasstProcess, find_passt
 from voidvm_server.drivers.qemu.process import (
     ExitWatcher,
     is_qemu_process,
@@ -57,6 +72,14 @@ def storage_problem(exc: BaseException) -> StorageError | None:
     return None
 
 
+def _owner_only(*sockets: Path) -> None:
+    """QEMU's -daemonize sets its umask to 027, so its sockets come out 0750 (in a 0700 run
+    directory, so no one else could reach them anyway): make them 0600 like every other file."""
+    for path in sockets:
+        with contextlib.suppress(FileNotFoundError):
+            path.chmod(0o600)
+
+
 @dataclass
 class _Instance:
     vm_id: str
@@ -64,8 +87,11 @@ class _Instance:
     watcher: ExitWatcher
     qmp: QMPConnection
     process: psutil.Process
+    passt: PasstProcess | None = None
     expect_exit: bool = False
     guest_shutdown: bool = False
+    console: SerialRecorder | None = None
+    stop_reason: str | None = None  # QEMU said it is about to pause the guest on its own, and why
 
 
 class QemuDriver:
@@ -77,16 +103,23 @@ class QemuDriver:
         binary: str = "qemu-system-x86_64",
         qemu_img: QemuImg | None = None,
         qmp_timeout: float = 10.0,
+        console: ConsoleLimits | None = None,
+        network: GuestNetwork | None = None,
     ) -> None:
         self.vms_dir = data_dir / "vms"
+        self.console_limits = console or ConsoleLimits()
         self.vms_dir.mkdir(parents=True, exist_ok=True)
         self.accel = accel
         self.binary = binary
         self.img = qemu_img or QemuImg()
         self.qmp_timeout = qmp_timeout
+        self.network = network or GuestNetwork()
         self._instances: dict[str, _Instance] = {}
         self._on_exit: ExitHandler = lambda vm_id, clean, reason: None
+        self._on_pause: PauseHandler = lambda vm_id, reason: None
+        self._on_console: ConsoleHandler = lambda vm_id, data: None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._console_endings: dict[str, asyncio.Task[None]] = {}  # consoles of exited QEMUs
 
     # -- paths -------------------------------------------------------------------------------
     def _paths(self, vm_id: str) -> RunPaths:
@@ -96,9 +129,6 @@ class QemuDriver:
 
     def run_dir(self, vm_id: str) -> Path:
         return self._paths(vm_id).run_dir
-
-    def serial_socket(self, vm_id: str) -> Path:
-        return self._paths(vm_id).serial
 
     def vnc_socket(self, vm_id: str) -> Path:
         return self._paths(vm_id).vnc
@@ -111,6 +141,12 @@ class QemuDriver:
 
     def set_exit_handler(self, handler: ExitHandler) -> None:
         self._on_exit = handler
+
+    def set_pause_handler(self, handler: PauseHandler) -> None:
+        self._on_pause = handler
+
+    def set_console_handler(self, handler: ConsoleHandler) -> None:
+        self._on_console = handler
 
     # -- disks -------------------------------------------------------------------------------
     async def prepare_disk(self, vm_id: str, media: BootMedia, size_gb: int) -> None:
@@ -146,9 +182,19 @@ class QemuDriver:
     async def grow_disk(self, vm_id: str, size_gb: int) -> None:
         await self.img.grow(self._paths(vm_id).disk, size_gb * GIB)
 
+    def disk_allocated_bytes(self, vm_id: str) -> int | None:
+        """What the VM's own disk file really takes on the host (its base image not included)."""
+        try:
+            return self._paths(vm_id).disk.stat().st_blocks * 512
+        except FileNotFoundError:
+            return None
+
     async def destroy(self, vm_id: str) -> None:
         if vm_id in self._instances:
             raise InvalidStateError("The VM's process is still running", current="running")
+        ending = self._console_endings.pop(vm_id, None)
+        if ending is not None:
+            await asyncio.gather(ending, return_exceptions=True)
         await asyncio.to_thread(shutil.rmtree, self._paths(vm_id).run_dir, True)
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -160,29 +206,40 @@ class QemuDriver:
         if stray is not None and is_qemu_process(stray, paths.run_dir):
             # Its QEMU outlived a re-attach that failed: adopt it, never run a second one.
             log.warning("VM %s: its QEMU (pid %d) still runs; re-attaching to it", spec.vm_id, stray)
-            await self._track(spec.vm_id, stray)
+            await self._adopt(spec.vm_id, stray, paths)
             return stray
         for stale in (paths.qmp, paths.serial, paths.vnc):
             with contextlib.suppress(FileNotFoundError):
                 stale.unlink()
-        self._rotate_console_log(paths)
-        argv = build_argv(spec, paths, binary=self.binary, accel=self.accel)
-        old_umask = os.umask(0o077)  # QEMU creates its sockets 0600
+        await self._new_console_log(spec.vm_id, paths)
+        link = await self.network.connect(spec.vm_id, paths.run_dir, spec.ssh_port)
+        net_fd = link.qemu_end.fileno() if link.qemu_end is not None else None
+        argv = build_argv(spec, paths, binary=self.binary, accel=self.accel, net_fd=net_fd)
+        old_umask = os.umask(0o077)
         try:
-            pid = await spawn_daemonized(argv, paths.pidfile, timeout=60)
+            pid = await spawn_daemonized(argv, paths.pidfile, timeout=60,
+                                         pass_fds=() if net_fd is None else (net_fd,))  # fmt: skip
+        except BaseException:
+            link.abandon()
+            raise
         finally:
             os.umask(old_umask)
+            link.close_qemu_end()  # QEMU holds its own copy now
+        _owner_only(paths.qmp, paths.serial, paths.vnc)
         try:
-            await self._track(spec.vm_id, pid)
+            await self._track(spec.vm_id, pid, link.passt)
         except BaseException:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, 9)
+            link.abandon()
             raise
         return pid
 
-    def _rotate_console_log(self, paths: RunPaths) -> None:
-        if paths.console_log.exists():
-            paths.console_log.replace(paths.console_log.with_suffix(".log.1"))
+    async def _new_console_log(self, vm_id: str, paths: RunPaths) -> None:
+        ending = self._console_endings.pop(vm_id, None)
+        if ending is not None:  # the last run's final output goes to its own log first
+            await asyncio.gather(ending, return_exceptions=True)
+        start_new_log(paths.console_log)
 
     async def attach(self, vm_id: str) -> int | None:
         """Re-attach to a VM whose QEMU outlived a server restart; None if it is gone."""
@@ -192,35 +249,92 @@ class QemuDriver:
         pid = read_pidfile(paths.pidfile)
         if pid is None or not is_qemu_process(pid, paths.run_dir):
             return None
-        await self._track(vm_id, pid)
+        await self._adopt(vm_id, pid, paths)
         return pid
 
-    async def _track(self, vm_id: str, pid: int) -> None:
+    async def _adopt(self, vm_id: str, pid: int, paths: RunPaths) -> None:
+        """Track a QEMU started earlier (by this server or one before it), and its passt."""
+        files = PasstFiles(paths.run_dir)
+        passt = find_passt(files)
+        if passt is None and files.pidfile.exists():
+            log.warning("VM %s: its passt has ended; the guest has no network until it restarts", vm_id)
+        try:
+            await self._track(vm_id, pid, passt)
+        except BaseException:
+            if passt is not None:
+                passt.close()
+            raise
+
+    async def _track(self, vm_id: str, pid: int, passt: PasstProcess | None) -> None:
         qmp = QMPConnection(vm_id, self.qmp_timeout)
         try:
             process = psutil.Process(pid)
             watcher = ExitWatcher(pid, lambda: self._exited(vm_id))
         except (psutil.Error, OSError) as exc:
             raise DriverError("QEMU exited while it was starting") from exc
-        instance = _Instance(vm_id=vm_id, pid=pid, watcher=watcher, qmp=qmp, process=process)
+        instance = _Instance(vm_id=vm_id, pid=pid, watcher=watcher, qmp=qmp, process=process,
+                             passt=passt)  # fmt: skip
         self._instances[vm_id] = instance
         instance.process.cpu_percent(None)  # start the CPU accounting window
         try:
-            await qmp.connect(self._paths(vm_id).qmp, lambda name: self._qmp_event(instance, name))
+            await qmp.connect(self._paths(vm_id).qmp, partial(self._qmp_event, instance))
+            await self._record_console(instance)
         except BaseException:
+            if instance.console is not None:
+                await instance.console.close()
             instance.watcher.close()
+            await qmp.close()
             self._instances.pop(vm_id, None)
             raise
 
-    def _qmp_event(self, instance: _Instance, name: str) -> None:
+    async def _record_console(self, instance: _Instance) -> None:
+        """Hold the VM's serial console; a QEMU this driver started waits in `prelaunch` (-S)
+        for it, and only then runs the guest."""
+        paths = self._paths(instance.vm_id)
+        try:  # a VM started by an older VoidVM has QEMU write its (unbounded) log itself
+            qemu_logs = any("logfile=" in arg for arg in instance.process.cmdline())
+        except psutil.Error as exc:
+            raise DriverError("QEMU exited while it was starting") from exc
+        if qemu_logs:
+            log.warning("VM %s: QEMU writes its console log itself until the VM restarts", instance.vm_id)
+        instance.console = SerialRecorder(
+            instance.vm_id,
+            paths.serial,
+            None if qemu_logs else RotatingLog(paths.console_log, self.console_limits.log_max_bytes),
+            replay_bytes=self.console_limits.replay_bytes,
+            on_output=lambda data: self._on_console(instance.vm_id, data),
+            timeout=self.qmp_timeout,
+        )
+        resumed = paths.console_log.exists()
+        await instance.console.open(paths.console_log if resumed else None)
+        if (await instance.qmp.execute("query-status"))["status"] == "prelaunch":
+            await instance.qmp.execute("cont")
+
+    def _qmp_event(self, instance: _Instance, name: str, data: dict[str, Any]) -> None:
         # On the instance itself, not a lookup by id: the event may be read after the exit.
         if name == "SHUTDOWN":
             instance.guest_shutdown = True
+        elif name == "BLOCK_IO_ERROR" and data.get("action") == "stop":
+            failure = str(data.get("reason") or "an I/O error")
+            instance.stop_reason = (
+                DISK_FULL_REASON if data.get("nospace") else f"a disk write failed: {failure}"
+            )
+        elif name == "STOP" and instance.stop_reason is not None:
+            reason, instance.stop_reason = instance.stop_reason, None
+            if self._instances.get(instance.vm_id) is instance:
+                self._on_pause(instance.vm_id, reason)
+        elif name == "RESUME":
+            instance.stop_reason = None
 
     def _exited(self, vm_id: str) -> None:
         instance = self._instances.pop(vm_id, None)
         if instance is None:
             return
+        if instance.passt is not None:  # it quits on its own at QEMU's end; make sure of it
+            instance.passt.kill()
+            instance.passt.close()
+        if instance.console is not None:
+            self._console_endings[vm_id] = self._spawn(instance.console.finish(QMP_DRAIN_SECONDS))
         if instance.expect_exit or instance.guest_shutdown:
             self._report_exit(instance)  # at once: a stop/restart waiting on it relies on that
             self._spawn(instance.qmp.close())
@@ -240,10 +354,11 @@ class QemuDriver:
         log.info("VM %s process %d ended (%s)", instance.vm_id, instance.pid, reason)
         self._on_exit(instance.vm_id, clean, reason)
 
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
 
     def is_running(self, vm_id: str) -> bool:
         return vm_id in self._instances
@@ -305,6 +420,16 @@ class QemuDriver:
         result = await self._instance(vm_id).qmp.execute("query-status")
         return str(result["status"])
 
+    def console_recent(self, vm_id: str) -> bytes:
+        instance = self._instances.get(vm_id)
+        return instance.console.recent() if instance and instance.console else b""
+
+    async def console_write(self, vm_id: str, data: bytes) -> None:
+        console = self._instance(vm_id).console
+        if console is None:
+            raise DriverError("The VM's serial console is not reachable")
+        await console.write(data)
+
     async def stats(self, vm_id: str) -> VMStats:
         instance = self._instance(vm_id)
         blockstats = await instance.qmp.execute("query-blockstats")
@@ -334,5 +459,9 @@ class QemuDriver:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         for instance in list(self._instances.values()):
             instance.watcher.close()
+            if instance.passt is not None:
+                instance.passt.close()  # no signal: passt lives on with its VM
+            if instance.console is not None:
+                await instance.console.close()
             await instance.qmp.close()
         self._instances.clear()

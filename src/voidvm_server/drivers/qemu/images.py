@@ -16,6 +16,10 @@ INSPECT_TIMEOUT = 30.0
 INSPECT_MEMORY_BYTES = 1024**3  # a hostile image must not make qemu-img eat the host
 
 
+# ISO 9660: the first volume descriptor (type byte, then "CD001") starts at sector 16 of 2048 bytes.
+ISO_DESCRIPTOR_OFFSET = 16 * 2048
+
+
 @dataclass(frozen=True)
 class ImageInfo:
     format: str
@@ -33,9 +37,14 @@ class QemuImg:
         self.binary = binary
 
     async def inspect(self, path: Path, fmt: str) -> ImageInfo:
-        """Inspect with the declared format only (never probe), and refuse external references."""
+        """Inspect with the declared format only (never probe), and refuse external references.
+        An ISO is a raw image to QEMU (qemu-img has no `iso` format) that must carry the ISO 9660
+        signature."""
+        if fmt == "iso" and not await self._looks_like_iso(path):
+            raise ValidationError("format", "the file is not an ISO 9660 image")
+        driver = "raw" if fmt == "iso" else fmt
         proc = await asyncio.create_subprocess_exec(
-            self.binary, "info", "-f", fmt, "--output=json", str(path),
+            self.binary, "info", "-f", driver, "--output=json", str(path),
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
@@ -57,13 +66,22 @@ class QemuImg:
         data_file = info.get("format-specific", {}).get("data", {}).get("data-file")
         if data_file:
             raise ValidationError("file", "images with an external data file are not accepted")
-        if fmt == "raw" and await self._looks_like_qcow2(path):
+        if driver == "raw" and await self._looks_like_qcow2(path):
             raise ValidationError("format", "the file has a qcow2 header; import it as qcow2")
         return ImageInfo(
             format=str(info.get("format", fmt)),
             virtual_size=int(info.get("virtual-size", 0)),
             actual_size=int(info.get("actual-size", 0)),
         )
+
+    @staticmethod
+    async def _looks_like_iso(path: Path) -> bool:
+        def read_descriptor_id() -> bytes:
+            with path.open("rb") as handle:
+                handle.seek(ISO_DESCRIPTOR_OFFSET)
+                return handle.read(6)
+
+        return await asyncio.to_thread(read_descriptor_id) in (b"\x01CD001", b"\x00CD001", b"\xffCD001")
 
     @staticmethod
     async def _looks_like_qcow2(path: Path) -> bool:

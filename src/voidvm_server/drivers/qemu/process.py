@@ -20,17 +20,17 @@ from voidvm_server.errors import DriverError, HypervisorTimeoutError, Hypervisor
 log = logging.getLogger(__name__)
 
 
-async def run_tool(argv: list[str], *, timeout: float, error: str) -> str:
+async def run_tool(argv: list[str], *, timeout: float, error: str, stdin: bytes | None = None) -> str:
     """Run a helper program (qemu-img, ...) and return its stdout; DriverError if it fails."""
     proc = await asyncio.create_subprocess_exec(
         *argv,
-        stdin=asyncio.subprocess.DEVNULL,
+        stdin=asyncio.subprocess.DEVNULL if stdin is None else asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
     try:
         async with asyncio.timeout(timeout):
-            out, err = await proc.communicate()
+            out, err = await proc.communicate(stdin)
     except TimeoutError as exc:
         with contextlib.suppress(ProcessLookupError):
             proc.kill()
@@ -57,7 +57,9 @@ def _clean(stderr: str) -> str:
     return "; ".join(lines)[-500:]
 
 
-async def spawn_daemonized(argv: list[str], pidfile: Path, *, timeout: float) -> int:
+async def spawn_daemonized(
+    argv: list[str], pidfile: Path, *, timeout: float, pass_fds: tuple[int, ...] = ()
+) -> int:
     """Start QEMU with -daemonize and return the pid of the VM process it leaves behind.
 
     The launcher's stderr goes to a file, not a pipe: the daemon inherits it for a while, and a
@@ -69,7 +71,11 @@ async def spawn_daemonized(argv: list[str], pidfile: Path, *, timeout: float) ->
     try:
         with errors_path.open("wb") as errors:
             proc = await asyncio.create_subprocess_exec(
-                *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL, stderr=errors
+                *argv,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.DEVNULL,
+                stderr=errors,
+                pass_fds=pass_fds,
             )
     except FileNotFoundError as exc:
         raise HypervisorUnavailableError("The QEMU binary was not found") from exc

@@ -9,11 +9,17 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from qemu.qmp import ExecuteError, QMPClient, QMPError, Runstate
+from qemu.qmp import ExecuteError, Message, QMPClient, QMPError, Runstate
 
 from voidvm_server.errors import DriverError, HypervisorTimeoutError
 
 log = logging.getLogger(__name__)
+EventHandler = Callable[[str, dict[str, Any]], None]  # (event name, its data)
+
+
+def _data(event: Message) -> dict[str, Any]:
+    data = event.get("data")
+    return dict(data) if isinstance(data, dict) else {}
 
 
 class QMPConnection:
@@ -21,9 +27,9 @@ class QMPConnection:
         self._client = QMPClient(name)
         self._timeout = timeout
         self._events_task: asyncio.Task[None] | None = None
-        self._on_event: Callable[[str], None] = lambda name: None
+        self._on_event: EventHandler = lambda name, data: None
 
-    async def connect(self, socket_path: Path, on_event: Callable[[str], None]) -> None:
+    async def connect(self, socket_path: Path, on_event: EventHandler) -> None:
         try:
             async with asyncio.timeout(self._timeout):
                 await self._client.connect(str(socket_path))
@@ -34,10 +40,10 @@ class QMPConnection:
         self._on_event = on_event
         self._events_task = asyncio.create_task(self._pump(on_event), name=f"qmp-events-{self._client.name}")
 
-    async def _pump(self, on_event: Callable[[str], None]) -> None:
+    async def _pump(self, on_event: EventHandler) -> None:
         with contextlib.suppress(QMPError):
             async for event in self._client.events:
-                on_event(str(event["event"]))
+                on_event(str(event["event"]), _data(event))
 
     async def execute(self, command: str, arguments: dict[str, Any] | None = None) -> Any:
         try:
@@ -65,7 +71,7 @@ class QMPConnection:
                     await self._client.runstate_changed()
         await self._stop_pump()
         for event in self._client.events.clear():
-            self._on_event(str(event["event"]))
+            self._on_event(str(event["event"]), _data(event))
 
     async def _stop_pump(self) -> None:
         if self._events_task is not None:
