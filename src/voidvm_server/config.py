@@ -41,7 +41,7 @@ class Settings(BaseSettings):
     trusted_proxies: CommaList = Field(default_factory=list)
     header_timeout_seconds: float = 10.0  # a request's line and headers must arrive within this
     body_timeout_seconds: float = 30.0  # the longest wait for the next piece of a request body
-    max_connections: int = 1024  # open HTTP and WebSocket connections; more answer 503
+    max_connections: int = 2048  # open HTTP and WebSocket connections; more answer 503
     data_dir: Path = Path("./data")
     database_url: str | None = Field(
         default=None, description="SQLAlchemy async URL; default is a SQLite file in data_dir"
@@ -84,6 +84,9 @@ class Settings(BaseSettings):
     passt_binary: str = "passt"
     guest_netns: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
     guest_net_user: str = Field(default="voidvm-net", pattern=r"^[a-z_][a-z0-9_-]{0,31}$")
+    # Not root, or no nft: guests get QEMU's restricted network (no outbound) unless this is set,
+    # and then passt runs without the fence, so guests can reach this host's loopback services.
+    guest_network_unfenced: bool = False
 
     default_max_vms: int = 5
     default_max_cpus: int = 16

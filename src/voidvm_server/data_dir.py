@@ -5,8 +5,8 @@ sockets. `prepare_data_dir` is called by every command that writes there, before
 it sets the process umask to 077, so that every file and directory VoidVM (and the QEMU, passt
 and qemu-img it starts) creates is owner-only, whatever the umask of the shell that started it,
 and tightens a directory an operator created with looser modes, and the files already in it.
-Unix sockets come out 0700 under that umask (bind(2) starts from 0777; for a socket the
-execute bit means nothing): owner-only too.
+Unix sockets come out 0700 under that umask (bind(2) starts from 0777); QEMU's own come out 0750
+(its -daemonize sets umask 027), and the driver makes those 0600.
 """
 
 from __future__ import annotations

@@ -117,7 +117,8 @@ async def test_a_rebinding_host_is_refused_for_http_and_websockets(tmp_path: Pat
         token = good.json()["token"]
 
         page = f"http://rebind.example:{running.port}"  # the page's origin and Host after rebinding
-        for headers in ({"Host": f"rebind.example:{running.port}"}, {}):
+        # With the rebinding Host, the Host check refuses (400); with an honest Host, the Origin check.
+        for headers, status in (({"Host": f"rebind.example:{running.port}"}, 400), ({}, 403)):
             try:
                 async with connect(
                     f"{running.ws_base}/ws?token={token}", origin=page,  # type: ignore[arg-type]
@@ -125,7 +126,9 @@ async def test_a_rebinding_host_is_refused_for_http_and_websockets(tmp_path: Pat
                 ):  # fmt: skip
                     raise AssertionError(f"a socket opened from {page} with {headers}")
             except InvalidStatus as exc:
-                assert exc.response.status_code == 403
+                assert exc.response.status_code == status
+                code = "INVALID_HOST" if status == 400 else "FORBIDDEN"
+                assert json.loads(exc.response.body or b"{}")["error"]["code"] == code
         async with connect(
             f"{running.ws_base}/ws?token={token}",
             origin=f"http://localhost:{running.port}",  # type: ignore[arg-type]
@@ -219,3 +222,52 @@ async def test_connections_beyond_the_cap_answer_503_until_others_close(tmp_path
             running.port, b"GET /api/v1/health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
         )
         assert status_and_body(answer)[0] == 200
+
+
+async def _answer_then_eof(reader: asyncio.StreamReader) -> bytes:
+    """Everything the server sends until it closes the connection."""
+    async with asyncio.timeout(TIMEOUT):
+        return await reader.read()
+
+
+async def test_body_bytes_left_after_the_answer_cannot_hold_the_connection(tmp_path: Path) -> None:
+    async with server(tmp_path, header_timeout_seconds=1.0, body_timeout_seconds=1.0) as running:
+        reader, writer = await asyncio.open_connection("127.0.0.1", running.port)
+        try:  # a GET that announces a body it never sends: answered at once, then closed
+            writer.write(
+                b"GET /api/v1/health HTTP/1.1\r\nHost: localhost\r\nContent-Length: 1000000\r\n\r\nx"
+            )
+            await writer.drain()
+            answer = await _answer_then_eof(reader)
+            assert answer.startswith(b"HTTP/1.1 200")
+        finally:
+            writer.close()
+
+
+async def test_a_kept_alive_connection_that_starts_a_request_and_stalls_is_cut_off(tmp_path: Path) -> None:
+    async with server(tmp_path, header_timeout_seconds=1.0) as running:
+        reader, writer = await asyncio.open_connection("127.0.0.1", running.port)
+        try:
+            writer.write(b"GET /api/v1/health HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            await writer.drain()
+            async with asyncio.timeout(TIMEOUT):
+                first = await reader.readuntil(b"}")  # the first answer, connection kept alive
+            assert first.startswith(b"HTTP/1.1 200")
+            writer.write(b"G")  # one byte of a next request (it cancels uvicorn's keep-alive timer)
+            await writer.drain()
+            rest = await _answer_then_eof(reader)
+            status, body = status_and_body(rest)
+            assert status == 408 and body["error"]["code"] == "REQUEST_TIMEOUT"
+        finally:
+            writer.close()
+
+
+async def test_a_large_body_sent_with_its_headers_is_not_taken_for_large_headers(tmp_path: Path) -> None:
+    async with server(tmp_path) as running:
+        body = json.dumps({"username": "admin", "password": "admin123", "pad": "x" * 200_000}).encode()
+        request = (
+            b"POST /api/v1/auth/login HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+            b"Connection: close\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+        )
+        status, answer = status_and_body(await raw_exchange(running.port, request))
+        assert status == 400 and answer["error"]["code"] == "VALIDATION_ERROR"  # read whole: no 431

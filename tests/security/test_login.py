@@ -176,3 +176,27 @@ async def test_expired_revoked_sessions_are_purged(api_any_db: Api) -> None:
         repo = TokenRepository(s)
         assert await repo.revoke_session("old-session", now())  # gone, so it can be recorded again
         assert not await repo.revoke_session("live-session", now())  # kept
+
+
+async def test_rotating_loopback_addresses_do_not_escape_the_budgets(guarded: Api) -> None:
+    answers = []
+    for n in range(7):  # a local user can bind any of 127.0.0.0/8
+        async with guarded.from_address(f"127.0.0.{n + 2}") as client:
+            answers.append(code(await client.post(LOGIN, json={"username": "admin", "password": "wrong"})))
+    assert answers == ["INVALID_CREDENTIALS"] * 5 + ["TOO_MANY_ATTEMPTS"] * 2
+
+
+async def test_an_admin_lifts_a_lockout(guarded: Api) -> None:
+    admin = await guarded.login()
+    bob = await guarded.create_user(admin, "bob")
+    async with guarded.from_address(ATTACKER) as client:
+        for _ in range(5):
+            await client.post(LOGIN, json={"username": "bob", "password": "wrong"})
+        locked = await client.post(LOGIN, json={"username": "bob", "password": "password-123"})
+        assert code(locked) == "TOO_MANY_ATTEMPTS"
+        lifted = await guarded.client.put(
+            f"/api/v1/users/{bob['id']}", json={"status": "active"}, headers=auth(admin)
+        )
+        assert lifted.status_code == 200
+        again = await client.post(LOGIN, json={"username": "bob", "password": "password-123"})
+        assert again.status_code == 200, again.text

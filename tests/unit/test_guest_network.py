@@ -89,3 +89,43 @@ def test_a_plain_namespace_name_is_accepted() -> None:
 async def test_without_passt_doctor_says_guests_get_the_restricted_network() -> None:
     network = GuestNetwork(passt_binary="/nonexistent/passt")
     assert "restricted (passt not installed)" in await network.describe()
+
+
+@pytest.mark.skipif(shutil.which("passt") is None, reason="passt is not installed")
+async def test_without_the_fence_guests_get_the_restricted_network_not_the_host(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from voidvm_server.drivers.qemu import guest_network
+
+    monkeypatch.setattr(guest_network.os, "geteuid", lambda: 1000)  # a server that is not root
+    closed = GuestNetwork()
+    await closed.prepare()
+    link = await closed.connect("vm-0123456789ab", tmp_path, 22022)
+    assert link.passt is None and link.qemu_end is None  # QEMU's restricted network: no way out
+    assert "restricted" in await closed.describe()
+    assert "NOT isolated" in await GuestNetwork(allow_unfenced=True).describe()  # the operator's choice
+
+
+@pytest.mark.skipif(shutil.which("passt") is None, reason="passt is not installed")
+async def test_a_start_is_refused_while_the_firewall_cannot_be_loaded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from voidvm_server.drivers.qemu import guest_firewall, guest_network
+    from voidvm_server.errors import DriverError
+
+    async def broken(uid: int, *, netns: str | None = None) -> None:
+        raise DriverError("nft failed", details="no nf_tables")
+
+    monkeypatch.setattr(guest_network.os, "geteuid", lambda: 0)
+    monkeypatch.setattr(guest_network.shutil, "which", lambda name: f"/usr/bin/{name}")
+    monkeypatch.setattr(guest_network, "_ensure_user", _fake_user)
+    monkeypatch.setattr(guest_firewall, "install", broken)
+    network = GuestNetwork()
+    await network.prepare()  # the first load fails ...
+    with pytest.raises(DriverError, match="firewall"):  # ... and no guest starts unfenced
+        await network.connect("vm-0123456789ab", tmp_path, 22022)
+    assert not list(tmp_path.iterdir())  # no passt was launched
+
+
+async def _fake_user(user: str) -> tuple[int, int]:
+    return 999, 999

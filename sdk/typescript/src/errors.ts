@@ -28,7 +28,7 @@ export class VoidVMError extends Error {
   }
 }
 
-/** 401: missing, invalid or expired token, bad credentials, locked account. */
+/** 401: missing, invalid or expired token, bad credentials. */
 export class AuthenticationError extends VoidVMError {}
 
 /** 403: the caller may not do this. */

@@ -13,7 +13,7 @@ from prometheus_client import CollectorRegistry
 from voidvm_server import __version__
 from voidvm_server.api import errors
 from voidvm_server.api.container import Container
-from voidvm_server.api.hosts import HostPolicy
+from voidvm_server.api.hosts import HostPolicy, hostname
 from voidvm_server.api.metrics import RequestMetrics
 from voidvm_server.api.middleware import RequestContextMiddleware
 from voidvm_server.api.routes import auth, images, metrics, system, users, vms
@@ -59,8 +59,16 @@ class DefaultPasswordRefused(RuntimeError):
 
 def guest_network(settings: Settings) -> GuestNetwork:
     return GuestNetwork(
-        passt_binary=settings.passt_binary, netns=settings.guest_netns, user=settings.guest_net_user
+        passt_binary=settings.passt_binary,
+        netns=settings.guest_netns,
+        user=settings.guest_net_user,
+        allow_unfenced=settings.guest_network_unfenced,
     )
+
+
+def host_names(settings: Settings) -> frozenset[str]:
+    # An entry written with a port or a trailing dot still names its host.
+    return frozenset(hostname(name) or name for name in settings.answered_hosts)
 
 
 async def build_driver(settings: Settings, qemu_version: str) -> Driver:
@@ -188,7 +196,7 @@ async def stop_services(container: Container) -> None:
 
 
 def host_policy(settings: Settings) -> HostPolicy:
-    return HostPolicy(settings.answered_hosts, any_host="*" in settings.allowed_hosts)
+    return HostPolicy(host_names(settings), any_host="*" in settings.allowed_hosts)
 
 
 def create_app(settings: Settings, *, driver_factory: DriverFactory | None = None) -> FastAPI:

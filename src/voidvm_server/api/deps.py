@@ -10,6 +10,7 @@ from voidvm_server.api.container import Container
 from voidvm_server.auth.principal import Principal
 from voidvm_server.errors import AuthError, ForbiddenError, TooManyRequestsError
 from voidvm_server.services import context
+from voidvm_server.services.ratelimit import client_key
 
 
 async def get_container(request: Request) -> Container:  # async: no thread-pool hop per request
@@ -54,7 +55,7 @@ def client_address(request: Request) -> str:
 
 async def client_budget(request: Request, container: ContainerDep) -> None:
     """Before login: a budget per client address."""
-    await enforce_rate_limit(request, container, f"ip:{client_address(request)}", "anonymous")
+    await enforce_rate_limit(request, container, f"ip:{client_key(client_address(request))}", "anonymous")
 
 
 async def current_principal(request: Request, container: ContainerDep) -> Principal:

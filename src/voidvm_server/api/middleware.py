@@ -180,7 +180,13 @@ class RequestContextMiddleware:
     async def _refuse_host(cls, scope: Scope, send: Send) -> None:
         message = "This server does not answer to that Host name (see VOIDVM_ALLOWED_HOSTS)"
         if scope["type"] == "websocket":
-            await send({"type": "websocket.close", "code": 1008, "reason": "host not allowed"})
+            if "websocket.http.response" not in scope.get("extensions", {}):
+                await send({"type": "websocket.close", "code": 1008, "reason": "host not allowed"})
+                return
+            body = json.dumps(error_body("INVALID_HOST", message)).encode()
+            headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+            await send({"type": "websocket.http.response.start", "status": 400, "headers": headers})
+            await send({"type": "websocket.http.response.body", "body": body})
             return
         await cls._send_error(send, 400, "INVALID_HOST", message, secrets.token_hex(8), close=True)
 

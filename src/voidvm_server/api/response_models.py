@@ -114,12 +114,12 @@ def _error(description: str) -> dict[str, Any]:
 # rarer statuses (413, 415, 503, 504, 507); it keeps FastAPI from documenting a 422 the server never
 # sends (request validation answers 400 VALIDATION_ERROR).
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
-    400: _error("VALIDATION_ERROR or BAD_REQUEST"),
-    401: _error("UNAUTHORIZED, INVALID_TOKEN, TOKEN_EXPIRED, INVALID_CREDENTIALS, ACCOUNT_LOCKED"),
+    400: _error("VALIDATION_ERROR, BAD_REQUEST or INVALID_HOST"),
+    401: _error("UNAUTHORIZED, INVALID_TOKEN, TOKEN_EXPIRED or INVALID_CREDENTIALS"),
     403: _error("FORBIDDEN, QUOTA_EXCEEDED, ACCOUNT_DISABLED"),
     404: _error("NOT_FOUND or <RESOURCE>_NOT_FOUND"),
     409: _error("VM_ALREADY_RUNNING, VM_NOT_RUNNING, INVALID_STATE, NAME_CONFLICT, IMAGE_IN_USE, ..."),
-    429: _error("RATE_LIMIT_EXCEEDED or TOO_MANY_ATTEMPTS (with Retry-After)"),
+    429: _error("RATE_LIMIT_EXCEEDED, TOO_MANY_ATTEMPTS or LOGIN_BUSY (with Retry-After)"),
     500: _error("INTERNAL_SERVER_ERROR"),
     "default": _error("Any other error status (413, 415, 503, 504, 507), in the same envelope"),
 }

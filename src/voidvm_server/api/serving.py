@@ -47,12 +47,13 @@ class GuardedHttpProtocol(HttpToolsProtocol):
     cap. `serving_config` sets the two class attributes on a subclass of its own."""
 
     header_timeout: float = 10.0
-    max_connections: int = 1024
+    max_connections: int = 2048
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._header_deadline: asyncio.TimerHandle | None = None
         self._header_bytes = 0
+        self._tail = b""  # the last bytes counted, to find a header end split between two reads
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -62,14 +63,28 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self._arm()
 
     def data_received(self, data: bytes) -> None:
+        if self._header_deadline is None and self._idle():
+            self._arm()  # the first bytes of the next request: its headers are due now
         if self._header_deadline is not None:
-            self._header_bytes += len(data)
+            # Count the headers only: a fast client's first read may carry its body too.
+            seen = self._tail + data
+            end = seen.find(b"\r\n\r\n")
+            self._header_bytes += len(data) if end < 0 else max(0, end + 4 - len(self._tail))
+            self._tail = seen[-3:]
             if self._header_bytes > MAX_HEADER_BYTES:
-                self._refuse(
-                    431, "HEADERS_TOO_LARGE", f"Request headers are limited to {MAX_HEADER_BYTES} bytes"
-                )
+                message = f"Request headers are limited to {MAX_HEADER_BYTES} bytes"
+                self._refuse(431, "HEADERS_TOO_LARGE", message)
                 return
         super().data_received(data)
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        cycle = self.cycle
+        # Answered before its body was read (a GET with a Content-Length, a refusal): the rest of
+        # that body would hold the connection open with no deadline. Close it.
+        unread = cycle is not None and cycle.response_complete and cycle.more_body and not self.pipeline
+        if unread and not self.transport.is_closing():
+            self.transport.close()
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
@@ -83,9 +98,12 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self._disarm()
         super().connection_lost(exc)
 
+    def _idle(self) -> bool:
+        return self.cycle is None or self.cycle.response_complete
+
     def _arm(self) -> None:
         if self._header_deadline is None:
-            self._header_bytes = 0
+            self._header_bytes, self._tail = 0, b""
             self._header_deadline = self.loop.call_later(self.header_timeout, self._headers_late)
 
     def _disarm(self) -> None:
@@ -95,9 +113,11 @@ class GuardedHttpProtocol(HttpToolsProtocol):
 
     def _headers_late(self) -> None:
         self._header_deadline = None
-        if self.cycle is None or self.cycle.response_complete:  # no request is being answered
-            message = f"The request headers did not arrive within {self.header_timeout:g} s"
-            self._refuse(408, "REQUEST_TIMEOUT", message)
+        if not self._idle():  # a pipelined request waits for the one being answered: later
+            self._arm()
+            return
+        message = f"The request headers did not arrive within {self.header_timeout:g} s"
+        self._refuse(408, "REQUEST_TIMEOUT", message)
 
     def _refuse(self, status: int, code: str, message: str) -> None:
         self._disarm()

@@ -59,13 +59,16 @@ class PasswordHashing:
         self._in_flight = 0
 
     async def verify(self, password_hash: str, password: str) -> bool:
-        return await self._run(verify_password, password_hash, password)
+        """A password check (a login, a password change): refused beyond the cap."""
+        return await self._run(verify_password, password_hash, password, capped=True)
 
     async def hash(self, password: str) -> str:
-        return await self._run(hash_password, password)
+        """A new hash (an admin creating a user, a password set): signed-in work that waits its
+        turn in the pool instead of being refused by a login flood."""
+        return await self._run(hash_password, password, capped=False)
 
-    async def _run(self, function: Callable[..., T], *args: str) -> T:
-        if self._in_flight >= self.max_in_flight:
+    async def _run(self, function: Callable[..., T], *args: str, capped: bool) -> T:
+        if capped and self._in_flight >= self.max_in_flight:
             raise TooManyRequestsError(
                 "The server is checking too many passwords at once; retry in a moment",
                 code="LOGIN_BUSY",

@@ -12,19 +12,21 @@ checked, and a correct password gives them back. So 30 parallel guesses at a 5-f
   `max_per_account / max_failures` addresses to lock the account for everyone, for one window.
 - per client address over all accounts (`login_attempts_per_minute`): password spraying.
 
-IPv6 clients are counted by their /64, which one host usually holds whole. The budgets are kept
+Clients are counted by `client_key`: an IPv6 client by its /64, which one host usually holds
+whole, and every loopback address as one (a local user can bind any of 127.0.0.0/8). The budgets are kept
 for every name, existing or not, and the answers do not depend on it: they never tell whether an
 account exists. Counters live in the rate limiter's storage (memory, or Redis when shared).
 """
 
 from __future__ import annotations
 
-import ipaddress
 from dataclasses import dataclass
 
 from voidvm_server.config import Settings
 from voidvm_server.errors import TooManyRequestsError
-from voidvm_server.services.ratelimit import RateLimiter
+from voidvm_server.services.ratelimit import RateLimiter, client_key
+
+GENERATION_SECONDS = 30 * 24 * 3600  # longer than any budget's window
 
 
 @dataclass(frozen=True)
@@ -42,39 +44,34 @@ class Claim:
     budgets: tuple[Budget, ...]
 
 
-def address_key(client: str) -> str:
-    try:
-        address = ipaddress.ip_address(client)
-    except ValueError:
-        return client[:64]
-    if address.version == 6:
-        if address.ipv4_mapped is not None:
-            return str(address.ipv4_mapped)
-        return str(ipaddress.ip_network(f"{address}/64", strict=False))
-    return str(address)
-
-
 class LoginGuard:
     def __init__(self, limiter: RateLimiter, settings: Settings) -> None:
         self.limiter = limiter
         self.settings = settings
 
-    def _budgets(self, username: str, client: str) -> tuple[Budget, ...]:
-        name, address = username.lower()[:64], address_key(client)
+    async def _budgets(self, username: str, client: str) -> tuple[Budget, ...]:
+        name, address = username.lower()[:64], client_key(client)
         window = self.settings.login_lockout_seconds
+        # An admin's `forgive` moves the account to a new generation: its old failures are gone.
+        generation = await self.limiter.peek(f"login/generation/{name}")
         return (
             Budget(f"login/address/{address}", 60, self.settings.login_attempts_per_minute,
                    "Too many failed logins from your address"),
-            Budget(f"login/pair/{address}/{name}", window, self.settings.login_max_failures,
+            Budget(f"login/pair/{generation}/{address}/{name}", window, self.settings.login_max_failures,
                    "Too many failed logins for this account from your address"),
-            Budget(f"login/account/{name}", window, self.settings.login_max_failures_per_account,
-                   "Too many failed logins for this account"),
+            Budget(f"login/account/{generation}/{name}", window,
+                   self.settings.login_max_failures_per_account, "Too many failed logins for this account"),
         )  # fmt: skip
+
+    async def forgive(self, username: str) -> None:
+        """Forget every failed login of one account (an admin re-enabling it or setting its
+        password), from every address."""
+        await self.limiter.count(f"login/generation/{username.lower()[:64]}", GENERATION_SECONDS)
 
     async def claim(self, username: str, client: str) -> Claim:
         """Spend one attempt of every budget, or none: TooManyRequestsError when one is used up."""
         spent: list[Budget] = []
-        for budget in self._budgets(username, client):
+        for budget in await self._budgets(username, client):
             value, retry_after = await self.limiter.count(budget.key, budget.window_seconds)
             if value > budget.limit:
                 await self.limiter.count(budget.key, budget.window_seconds, -1)

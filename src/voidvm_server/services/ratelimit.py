@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import time
 from dataclasses import dataclass
@@ -9,6 +10,23 @@ from dataclasses import dataclass
 from limits import RateLimitItem, parse
 from limits.aio.storage import MemoryStorage, RedisStorage, Storage
 from limits.aio.strategies import MovingWindowRateLimiter
+
+
+def client_key(address: str) -> str:
+    """The unit per-address budgets count: an IPv4 address; an IPv6 client's /64 (one host
+    usually holds it whole); and every loopback address as one, since a local user may bind any
+    of 127.0.0.0/8 to look like many clients."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address[:64]
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    if ip.is_loopback:
+        return "loopback"
+    if ip.version == 6:
+        return str(ipaddress.ip_network(f"{ip}/64", strict=False))
+    return str(ip)
 
 
 @dataclass(frozen=True)
@@ -53,6 +71,10 @@ class RateLimiter:
         value = await self.storage.incr(f"counter/{key}", window_seconds, amount)
         expires = await self.storage.get_expiry(f"counter/{key}")
         return value, max(1, math.ceil(expires - time.time()))
+
+    async def peek(self, key: str) -> int:
+        """A `count` counter's value (0 when it has none or its window ended)."""
+        return int(await self.storage.get(f"counter/{key}"))
 
     async def clear(self, item: RateLimitItem, *key: str) -> None:
         await self._limiter.clear(item, *key)

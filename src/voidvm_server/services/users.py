@@ -135,8 +135,6 @@ class UserService:
                 values["token_version"] = user.token_version + 1  # ends every session
             if changes.password is not None:
                 await TokenRepository(s).delete_for_user(user_id)  # and every API token
-            if changes.status is UserStatus.ACTIVE:
-                values.update(failed_logins=0, locked_until=None)
             values["updated_at"] = now()
             await repo.update(user_id, **values)
         return await self.get(user_id)

@@ -149,11 +149,11 @@ class VMService:
         if len(spec.description) > 1000:
             raise ValidationError("description", "at most 1000 characters")
         self._check_size(spec.cpu, spec.memory, spec.disk)
+        await self.reserve.check()  # before the image: resolving it may start a catalog download
         image = await self.images.resolve(spec.os)
         if image.status is ImageStatus.ERROR:
             raise ValidationError("os", f"the image '{image.name}' is unusable: {image.status_reason}")
         self._check_fits(image, spec.disk)
-        await self.reserve.check()
         stamp = now()
         vm = VM(
             id=new_id("vm"),

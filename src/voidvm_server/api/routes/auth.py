@@ -18,6 +18,7 @@ from voidvm_server.api.response_models import (
     UserPublic,
 )
 from voidvm_server.api.schemas import ApiTokenCreate, LoginRequest, PasswordChange, RefreshRequest
+from voidvm_server.config import DEFAULT_ADMIN_PASSWORD
 from voidvm_server.errors import TooManyRequestsError, VoidVMError
 from voidvm_server.services.auth import LoginResult
 
@@ -75,8 +76,8 @@ async def change_password(
 ) -> JSONResponse:
     await container.auth.confirm_password(principal.user, body.current_password, client_address(request))
     await container.users.change_password(principal.user, body.current_password, body.new_password)
-    if principal.user.username == "admin":
-        container.default_admin_password = await container.users.admin_uses_default_password()
+    if principal.user.username == "admin":  # its new password: no second argon2 run needed
+        container.default_admin_password = body.new_password == DEFAULT_ADMIN_PASSWORD
     await container.audit.record("auth.password", user=principal.user, target_id=principal.id)
     return ok(None, "Password changed; sign in again")
 

@@ -67,6 +67,8 @@ async def update_user(
         quota=body.quota.as_dict() if body.quota else None,
     )
     user = await container.users.update(user_id, changes)
+    if changes.status is UserStatus.ACTIVE or changes.password is not None:
+        await container.auth.guard.forgive(user.username)  # an admin lifts any lockout
     await container.audit.record("user.update", user=admin.user, target_type="user", target_id=user_id)
     return ok(user_json(user), "User updated")
 

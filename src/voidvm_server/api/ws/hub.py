@@ -28,6 +28,7 @@ from voidvm_server.api.ws.rendering import EventRenderer
 from voidvm_server.auth.principal import Principal
 from voidvm_server.errors import AuthError
 from voidvm_server.events.bus import Event, EventBus
+from voidvm_server.services.ratelimit import client_key
 
 log = logging.getLogger(__name__)
 Authenticate = Callable[[str], Awaitable[Principal]]
@@ -81,9 +82,10 @@ class ConnectionHub:
         self._unlisten: Callable[[], None] = lambda: None
 
     # -- admission -------------------------------------------------------------------------------
-    def admit_anonymous(self, member: Member, client: str) -> bool:
-        """Count a socket that has yet to authenticate; False when its address or the server
-        holds as many as allowed."""
+    def admit_anonymous(self, member: Member, address: str) -> bool:
+        """Count a socket that has yet to authenticate; False when its client (its address, an
+        IPv6 /64, or loopback as a whole: `client_key`) or the server holds as many as allowed."""
+        client = client_key(address)
         if (
             len(self._anonymous) >= self.max_anonymous
             or self._anonymous_by_client[client] >= self.max_anonymous_per_client

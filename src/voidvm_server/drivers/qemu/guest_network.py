@@ -52,11 +52,19 @@ class GuestLink:
 
 class GuestNetwork:
     def __init__(
-        self, *, passt_binary: str = "passt", netns: str | None = None, user: str = "voidvm-net"
+        self,
+        *,
+        passt_binary: str = "passt",
+        netns: str | None = None,
+        user: str = "voidvm-net",
+        allow_unfenced: bool = False,
     ) -> None:
         self.passt_binary = passt_binary
         self.netns = netns
         self.user = user
+        # Without the fence (not root, no nft) guests get the restricted network, unless the
+        # operator accepts that they can reach this host's loopback services.
+        self.allow_unfenced = allow_unfenced
         self._runas: tuple[str, int, int] | None = None  # passt's own user, once it exists
         self._fenced = False  # VoidVM's table holds that user in
 
@@ -97,6 +105,8 @@ class GuestNetwork:
             return f"passt; {problem}: VMs will not start"
         gap = self._gap()
         if gap is not None:
+            if not self.allow_unfenced:
+                return f"QEMU user-mode, restricted ({gap}): SSH forward only, no outbound"
             return f"passt{self._where()}, NOT isolated from this host's loopback: {gap}"
         installed = await guest_firewall.is_installed(netns=self.netns)
         table = "present" if installed else "installed when the server starts"
@@ -115,8 +125,12 @@ class GuestNetwork:
             log.error("Guest networking: %s; VMs will not start", problem)
         problem = self._gap() or await self._fence()
         if problem is not None:
-            log.warning("SECURITY: guests can reach this host's loopback services through passt: %s "
-                        "(see docs/security.md)", problem)  # fmt: skip
+            if self.allow_unfenced:
+                log.warning("SECURITY: guests can reach this host's loopback services through passt: "
+                            "%s (see docs/security.md)", problem)  # fmt: skip
+            else:
+                log.warning("Guests cannot be fenced off from this host (%s): they get QEMU's restricted "
+                            "network, SSH forward only (see docs/security.md)", problem)  # fmt: skip
             return
         log.info("Guest networking: passt as %s%s, behind nftables table inet %s",
                  self.user, self._where(), guest_firewall.TABLE)  # fmt: skip
@@ -141,6 +155,13 @@ class GuestNetwork:
             return GuestLink()
         if self._netns_problem() is not None:
             raise DriverError("The guest network is not available (see the server's log)")
+        if self._gap() is not None:
+            if not self.allow_unfenced:
+                return GuestLink()  # fail closed: no way out rather than a way into this host
+        elif not self._fenced:  # root, but loading the table failed so far: try again, or refuse
+            problem = await self._fence()
+            if problem is not None:
+                raise DriverError("The guest network's firewall could not be loaded", details=problem)
         await self._keep_fence()
         files = PasstFiles(run_dir)
         runas = self._runas or _root_default()
