@@ -158,8 +158,9 @@ async def serial_send(api: Api, vm_id: str, text: str, expect: str, timeout: flo
         return await tap.until(expect.encode(), timeout)
 
 
-def qemu_pids(marker: str) -> list[int]:
-    """Pids of live qemu-system processes whose command line mentions `marker` (a VM id, a dir)."""
+def _pids(marker: str, is_program: Callable[[str], bool]) -> list[int]:
+    """Pids of live processes whose program name passes `is_program` and whose command line
+    mentions `marker` (a VM id, a directory)."""
     pids: list[int] = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -169,11 +170,15 @@ def qemu_pids(marker: str) -> list[int]:
             state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
         except OSError:
             continue
-        if state == "Z" or not argv or b"qemu-system" not in argv[0]:
+        if state == "Z" or not argv or not is_program(Path(argv[0].decode(errors="replace")).name):
             continue
         if any(marker.encode() in arg for arg in argv):
             pids.append(int(entry.name))
     return pids
+
+
+def qemu_pids(marker: str) -> list[int]:
+    return _pids(marker, lambda name: "qemu-system" in name)
 
 
 def kill_qemus(marker: str) -> None:
@@ -184,19 +189,7 @@ def kill_qemus(marker: str) -> None:
 
 def passt_pids(marker: str) -> list[int]:
     """Pids of live passt processes (guest networks) whose command line mentions `marker`."""
-    pids: list[int] = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            argv = (entry / "cmdline").read_bytes().split(b"\0")
-            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            continue
-        is_passt = state != "Z" and "passt" in Path(argv[0].decode(errors="replace")).name
-        if is_passt and any(marker.encode() in arg for arg in argv):
-            pids.append(int(entry.name))
-    return pids
+    return _pids(marker, lambda name: "passt" in name)
 
 
 async def wait_gone(pid: int, timeout: float = 10) -> None:

@@ -15,7 +15,7 @@ import socket
 from dataclasses import dataclass
 from pathlib import Path
 
-from voidvm_server.drivers.qemu.process import read_pidfile
+from voidvm_server.drivers.qemu.process import read_pidfile, runs_with_argument
 from voidvm_server.errors import DriverError, HypervisorTimeoutError
 
 # What the guest is leased: the addresses QEMU's user-mode network uses (domain.models.GUEST_IP).
@@ -84,11 +84,7 @@ def passt_argv(
 
 def is_passt_process(pid: int, files: PasstFiles) -> bool:
     """True when `pid` is alive and is the passt of this run directory (not a reused pid)."""
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except OSError:
-        return False
-    return str(files.log).encode() in cmdline
+    return runs_with_argument(pid, files.log)
 
 
 class PasstProcess:

@@ -112,13 +112,19 @@ def read_pidfile(pidfile: Path) -> int | None:
         return None
 
 
-def is_qemu_process(pid: int, run_dir: Path) -> bool:
-    """True when `pid` is alive and is the QEMU of this run directory (not a reused pid)."""
+def runs_with_argument(pid: int, argument: Path) -> bool:
+    """True when `pid` is alive and has `argument` on its command line: the process a run
+    directory started (its own pidfile or log file named there), not a reused pid."""
     try:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except OSError:
         return False
-    return str(run_dir / "qemu.pid").encode() in cmdline
+    return str(argument).encode() in cmdline
+
+
+def is_qemu_process(pid: int, run_dir: Path) -> bool:
+    """True when `pid` is alive and is the QEMU of this run directory (not a reused pid)."""
+    return runs_with_argument(pid, run_dir / "qemu.pid")
 
 
 class ExitWatcher:
