@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 want_tests=${1:-}
 packages=(qemu-system-x86 qemu-utils linux-image-cloud-amd64 busybox-static passt nftables)
 if [ "$want_tests" = "--test" ]; then
-  packages+=(postgresql redis-server nodejs npm)
+  packages+=(postgresql redis-server nodejs npm zsh fish)  # zsh, fish: completion tests
 fi
 
 missing=()

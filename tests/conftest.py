@@ -27,6 +27,8 @@ from voidvm_server.api.container import Container
 from voidvm_server.config import Settings
 from voidvm_server.drivers.fake import FakeDriver
 from voidvm_server.drivers.qemu.tiny_image import TINY_KERNEL_CMDLINE, build_tiny_image
+from voidvm_server.persistence.engine import Database
+from voidvm_server.persistence.repositories import ImageRepository
 
 IN_CI = os.environ.get("CI") == "true"
 PG_ADMIN_URL = os.environ.get("VOIDVM_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -162,6 +164,16 @@ async def running_api(
         transport = httpx.ASGITransport(app=manager.app)
         async with httpx.AsyncClient(transport=transport, base_url="http://localhost", timeout=120) as client:
             yield Api(client, container, manager.app)
+
+
+async def let_tiny_serve_ssh(db: Database) -> None:
+    """Count the tiny guest as an SSH server (its image says it serves none), for tests of the SSH
+    forward itself: they listen on the guest's port 22 with `nc`."""
+    async with db.session() as s:
+        repo = ImageRepository(s)
+        tiny = await repo.by_name("tiny")
+        assert tiny is not None, "register the tiny image first"
+        await repo.update(tiny.id, serves_ssh=True)
 
 
 def _dummy_kernel(data_dir: Path) -> tuple[Path, Path]:

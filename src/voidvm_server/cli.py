@@ -20,6 +20,7 @@ from voidvm_server import __version__
 from voidvm_server.auth.passwords import PasswordHashing
 from voidvm_server.config import Settings, load_settings
 from voidvm_server.data_dir import prepare_data_dir
+from voidvm_server.data_dir_lock import DataDirInUseError, DataDirLock
 from voidvm_server.domain.models import Role, User, UserStatus
 from voidvm_server.logging_setup import configure_logging
 from voidvm_server.persistence.engine import Database, downgrade
@@ -63,12 +64,27 @@ def serve(
         port=port,
         allow_default_admin_password=allow_default_admin_password or None,
     )
-    if not skip_tiny_image:
-        try:
-            asyncio.run(install_tiny_image(settings))
-        except Exception as exc:  # the server still runs; VMs then need an imported image
-            console.print(f"[yellow]Could not build the tiny guest image: {exc}[/yellow]")
-    uvicorn.Server(serving_config(create_app(settings), settings)).run()
+    lock = _lock_data_dir(settings.data_dir)  # first of all: before the database or any VM
+    try:
+        if not skip_tiny_image:
+            try:
+                asyncio.run(install_tiny_image(settings))
+            except Exception as exc:  # the server still runs; VMs then need an imported image
+                console.print(f"[yellow]Could not build the tiny guest image: {exc}[/yellow]")
+        uvicorn.Server(serving_config(create_app(settings, data_dir_lock=lock), settings)).run()
+    finally:
+        lock.release()
+
+
+def _lock_data_dir(data_dir: Path) -> DataDirLock:
+    """The data directory's lock, taken; or exit 1 naming the server that holds it."""
+    lock = DataDirLock(data_dir)
+    try:
+        lock.acquire()
+    except DataDirInUseError as exc:
+        typer.echo(f"Error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    return lock
 
 
 @app.command()
@@ -193,15 +209,15 @@ def doctor(config: ConfigOption = None) -> None:
     """Report what this host offers: QEMU, accelerator, guest network, data directory, database."""
     from voidvm_server.api.app import guest_network
     from voidvm_server.drivers.qemu.images import QemuImg
-    from voidvm_server.drivers.qemu.probe import choose_accel, kvm_device_usable
+    from voidvm_server.drivers.qemu.probe import kvm_device_usable, probe_accel, qemu_system_version
 
     settings = _settings(config)
 
     async def gather() -> dict[str, str]:
-        qemu_version = await QemuImg(settings.qemu_img_binary).version()
+        # The server keys its cached probe by qemu-img's version line: so must we, to read it.
+        probe_key = await QemuImg(settings.qemu_img_binary).version()
         prepare_data_dir(settings.data_dir)
-        accel = await choose_accel(settings.accel, settings.qemu_binary, qemu_version,
-                                   settings.data_dir)  # fmt: skip
+        choice = await probe_accel(settings.accel, settings.qemu_binary, probe_key, settings.data_dir)
         db = Database(settings.resolved_database_url)
         try:
             await db.ping()
@@ -213,9 +229,11 @@ def doctor(config: ConfigOption = None) -> None:
         return {
             "voidvm": __version__,
             "qemu binary": shutil.which(settings.qemu_binary) or "not found",
-            "qemu version": qemu_version,
+            "qemu version": await qemu_system_version(settings.qemu_binary),
+            "qemu-img version": probe_key,
             "/dev/kvm": "usable" if kvm_device_usable() else "absent or not permitted",
-            "accelerator": f"{accel} (requested: {settings.accel})",
+            "accelerator": f"{choice.accel} (requested: {settings.accel})",
+            "accelerator reason": choice.reason,
             "guest network": await guest_network(settings).describe(),
             "data dir": str(settings.data_dir.resolve()),
             "database": f"{settings.resolved_database_url.split('://')[0]}: {database}",

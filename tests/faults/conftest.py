@@ -28,7 +28,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import TCG_SCALE, make_settings
+from tests.conftest import TCG_SCALE, let_tiny_serve_ssh, make_settings
 from tests.integration.conftest import TINY_VM, kill_qemus, poll, qemu_pids
 from tests.integration.conftest import no_qemu_left_behind as no_qemu_left_behind  # autouse here too
 from voidvm_server.drivers.qemu.images import QemuImg
@@ -196,6 +196,7 @@ async def install_tiny(data_dir: Path, tiny: tuple[Path, Path], database_url: st
         await db.migrate()
         images = ImageService(db, settings, QemuImg())
         await images.register_kernel_image("tiny", tiny[0], tiny[1], TINY_KERNEL_CMDLINE, default=True)
+        await let_tiny_serve_ssh(db)  # the fault tests check that SSH forwards survive them
     finally:
         await db.close()
 

@@ -23,7 +23,7 @@ import pytest
 import pytest_asyncio
 import uvicorn
 
-from tests.conftest import TCG_SCALE, Api, kill_all_vms, make_settings, running_api
+from tests.conftest import TCG_SCALE, Api, kill_all_vms, let_tiny_serve_ssh, make_settings, running_api
 from tests.integration.conftest import (
     BOOT_TIMEOUT,
     READY_LINE,
@@ -132,6 +132,7 @@ async def site(
             stack.push_async_callback(stop_serving)
 
             token = await api.login()
+            await let_tiny_serve_ssh(api.container.db)  # test_the_ssh_forward_reaches_the_guest
             vm = await create_vm(api, token, "isolated")
             await action(api, token, vm["id"], "start")
             await wait_console(api, token, vm["id"], READY_LINE, timeout=BOOT_TIMEOUT)

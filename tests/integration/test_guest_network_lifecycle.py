@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import make_settings
+from tests.conftest import let_tiny_serve_ssh, make_settings
 from tests.integration.conftest import (
     READY_LINE,
     STOP_TIMEOUT,
@@ -61,6 +61,7 @@ async def test_passt_outlives_a_server_restart_and_the_ssh_forward_still_answers
         settings = make_settings(tmp_path, guest_netns=net.host, stop_timeout_seconds=STOP_TIMEOUT)
         async with serve(settings, tiny_image) as api:
             token = await api.login()
+            await let_tiny_serve_ssh(api.container.db)
             vm_id = (await create_vm(api, token, "survivor"))["id"]
             port = (await action(api, token, vm_id, "start"))["data"]["ports"]["ssh"]
             await wait_console(api, token, vm_id, READY_LINE)

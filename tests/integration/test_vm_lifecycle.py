@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import Api, auth
+from tests.conftest import Api, auth, let_tiny_serve_ssh
 from tests.integration.conftest import (
     BOOT_TIMEOUT,
     BOOTING_LINE,
@@ -191,6 +191,36 @@ async def test_wait_false_answers_202_and_gets_there(qemu_api: Api, qemu_token: 
     await action(api, token, vm_id, "stop", expect=202, wait=False, force=True)
     await wait_status(api, token, vm_id, "stopped")
     assert qemu_pids(vm_id) == []
+
+
+async def test_a_stop_while_the_guest_boots_says_it_did_not_answer(qemu_api: Api, qemu_token: str) -> None:
+    api, token = qemu_api, qemu_token
+    vm_id = (await create_vm(api, token, "early"))["id"]
+    await action(api, token, vm_id, "start")  # QEMU runs; the kernel has barely begun
+    pid = (await live_status(api, token, vm_id))["pid"]
+    # 1 s is far less than a tcg boot takes to reach acpid: nobody handles the button yet.
+    stopped = (await action(api, token, vm_id, "stop", timeout=1))["data"]
+    assert stopped["status"] == "stopped"
+    assert stopped["status_reason"] == (
+        "the guest did not answer the ACPI power button within 1 s (it may still have been "
+        "booting); it was powered off"
+    )
+    await wait_gone(pid)
+    assert qemu_pids(vm_id) == []
+
+
+async def test_a_vm_keeps_its_ssh_port_through_restarts(qemu_api: Api, qemu_token: str) -> None:
+    api, token = qemu_api, qemu_token
+    await let_tiny_serve_ssh(api.container.db)
+    vm_id = (await create_vm(api, token, "steady"))["id"]
+    port = (await action(api, token, vm_id, "start"))["data"]["ports"]["ssh"]
+    # A forced restart starts the new QEMU right after the old one's passt was killed: the port
+    # is free again only once that passt is gone.
+    for _ in range(3):
+        vm = (await action(api, token, vm_id, "restart", force=True))["data"]
+        assert (vm["ports"], vm["status_reason"]) == ({"ssh": port}, None)
+    await action(api, token, vm_id, "stop", force=True)
+    assert (await action(api, token, vm_id, "start"))["data"]["ports"] == {"ssh": port}
 
 
 async def test_force_delete_of_a_running_vm(qemu_api: Api, qemu_token: str) -> None:

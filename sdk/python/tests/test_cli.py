@@ -93,13 +93,15 @@ def test_wrong_password_exits_3_and_stores_nothing(cli: Harness) -> None:
 
 def test_stored_login_is_used_by_later_commands(cli: Harness) -> None:
     cli.login_stored()
-    cli.api.on("GET", "/vms", vm_page(vm("vm-1", "running", name="web")))
+    cli.api.on("GET", "/vms", vm_page(vm("vm-00000000000a", "running", name="web")))
     result = cli.run("vm", "list")
 
     assert result.exit_code == 0, result.output
     assert cli.made == [(URL, "stored-jwt")]
     assert cli.api.last.headers["Authorization"] == "Bearer stored-jwt"
-    assert "web" in result.stdout and "running" in result.stdout and "vm-1" in result.stdout
+    assert (
+        "web" in result.stdout and "running" in result.stdout and "vm-00000000000a" in result.stdout
+    )
 
 
 def test_env_vars_override_the_stored_login(cli: Harness) -> None:
@@ -119,16 +121,16 @@ def test_stored_token_is_never_sent_to_another_url(cli: Harness) -> None:
 
 
 def test_vm_list_json_is_machine_readable(cli: Harness) -> None:
-    cli.api.on("GET", "/vms", vm_page(vm("vm-1"), vm("vm-2")))
+    cli.api.on("GET", "/vms", vm_page(vm("vm-00000000000a"), vm("vm-00000000000b")))
     result = cli.run("vm", "list", "--json", "--status", "stopped", env=AUTH_ENV)
     assert result.exit_code == 0, result.output
-    assert [v["id"] for v in json.loads(result.stdout)] == ["vm-1", "vm-2"]
+    assert [v["id"] for v in json.loads(result.stdout)] == ["vm-00000000000a", "vm-00000000000b"]
     assert cli.api.last.url.params["status"] == "stopped"
 
 
 def test_vm_create_waits_for_the_vm_to_be_ready(cli: Harness) -> None:
-    cli.api.on("POST", "/vms", ok(vm("vm-9", "creating", name="db"), status=201))
-    cli.api.on("GET", "/vms/vm-9", ok(vm("vm-9", "stopped", name="db")))
+    cli.api.on("POST", "/vms", ok(vm("vm-000000000009", "creating", name="db"), status=201))
+    cli.api.on("GET", "/vms/vm-000000000009", ok(vm("vm-000000000009", "stopped", name="db")))
     result = cli.run(
         "vm",
         "create",
@@ -158,18 +160,22 @@ def test_vm_create_waits_for_the_vm_to_be_ready(cli: Harness) -> None:
 @pytest.mark.parametrize(
     ("args", "path", "body"),
     [
-        (["start", "vm-1"], "/vms/vm-1/start", {"wait": True}),
-        (["stop", "vm-1", "--force"], "/vms/vm-1/stop", {"wait": True, "force": True}),
+        (["start", "vm-00000000000a"], "/vms/vm-00000000000a/start", {"wait": True}),
         (
-            ["stop", "vm-1", "--timeout", "5", "--no-wait"],
-            "/vms/vm-1/stop",
+            ["stop", "vm-00000000000a", "--force"],
+            "/vms/vm-00000000000a/stop",
+            {"wait": True, "force": True},
+        ),
+        (
+            ["stop", "vm-00000000000a", "--timeout", "5", "--no-wait"],
+            "/vms/vm-00000000000a/stop",
             {"wait": False, "timeout": 5.0},
         ),
-        (["restart", "vm-1"], "/vms/vm-1/restart", {"wait": True}),
+        (["restart", "vm-00000000000a"], "/vms/vm-00000000000a/restart", {"wait": True}),
     ],
 )
 def test_vm_actions(cli: Harness, args: list[str], path: str, body: dict[str, Any]) -> None:
-    cli.api.on("POST", path, ok(vm("vm-1", "running")))
+    cli.api.on("POST", path, ok(vm("vm-00000000000a", "running")))
     result = cli.run("vm", *args, env=AUTH_ENV)
     assert result.exit_code == 0, result.output
     assert cli.api.last.url.path == f"/api/v1{path}"
@@ -177,19 +183,21 @@ def test_vm_actions(cli: Harness, args: list[str], path: str, body: dict[str, An
 
 
 def test_vm_show_prints_fields(cli: Harness) -> None:
-    cli.api.on("GET", "/vms/vm-1", ok(vm("vm-1", "running", ports={"ssh": 22001})))
-    result = cli.run("vm", "show", "vm-1", env=AUTH_ENV)
+    cli.api.on(
+        "GET", "/vms/vm-00000000000a", ok(vm("vm-00000000000a", "running", ports={"ssh": 22001}))
+    )
+    result = cli.run("vm", "show", "vm-00000000000a", env=AUTH_ENV)
     assert result.exit_code == 0, result.output
     assert "ports.ssh" in result.stdout and "22001" in result.stdout
 
 
 def test_vm_delete_asks_first(cli: Harness) -> None:
-    cli.api.on("DELETE", "/vms/vm-1", ok(None))
-    declined = cli.run("vm", "delete", "vm-1", input="n\n", env=AUTH_ENV)
+    cli.api.on("DELETE", "/vms/vm-00000000000a", ok(None))
+    declined = cli.run("vm", "delete", "vm-00000000000a", input="n\n", env=AUTH_ENV)
     assert declined.exit_code == 1
     assert cli.api.requests == []
 
-    accepted = cli.run("vm", "delete", "vm-1", "--yes", "--force", env=AUTH_ENV)
+    accepted = cli.run("vm", "delete", "vm-00000000000a", "--yes", "--force", env=AUTH_ENV)
     assert accepted.exit_code == 0, accepted.output
     assert cli.api.last.method == "DELETE"
     assert cli.api.last.url.params["force"] == "true"
@@ -213,11 +221,14 @@ def test_vm_delete_asks_first(cli: Harness) -> None:
     ],
 )
 def test_errors_map_to_exit_codes(cli: Harness, response: httpx.Response, code: ExitCode) -> None:
-    cli.api.on("POST", "/vms/vm-1/start", response)
-    result = cli.run("vm", "start", "vm-1", env=AUTH_ENV)
+    cli.api.on("POST", "/vms/vm-00000000000a/start", response)
+    result = cli.run("vm", "start", "vm-00000000000a", env=AUTH_ENV)
     assert result.exit_code == code
-    assert "Error" in result.stderr
-    assert "req-err" in result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: "), result.stderr
+    assert "Record(" not in result.stderr and "{" not in result.stderr
+    # The request id is what an admin greps the server log for: shown for server failures.
+    assert ("req-err" in result.stderr) == (code == ExitCode.SERVER)
 
 
 def test_validation_details_are_printed(cli: Harness) -> None:
@@ -246,8 +257,8 @@ def test_unreachable_server_exits_9(tmp_path: Path) -> None:
 
 
 def test_errors_in_json_mode_are_json_on_stderr(cli: Harness) -> None:
-    cli.api.on("GET", "/vms/vm-404", fail(404, "VM_NOT_FOUND", "missing"))
-    result = cli.run("vm", "show", "vm-404", "--json", env=AUTH_ENV)
+    cli.api.on("GET", "/vms/vm-000000000404", fail(404, "VM_NOT_FOUND", "missing"))
+    result = cli.run("vm", "show", "vm-000000000404", "--json", env=AUTH_ENV)
     assert result.exit_code == ExitCode.NOT_FOUND
     assert result.stdout == ""
     error = json.loads(result.stderr)["error"]
@@ -296,7 +307,7 @@ def test_logout_revokes_and_forgets_the_token(cli: Harness) -> None:
 
 
 def test_console_without_a_terminal_is_a_usage_error(cli: Harness) -> None:
-    result = cli.run("vm", "console", "vm-1", env=AUTH_ENV)
+    result = cli.run("vm", "console", "vm-00000000000a", env=AUTH_ENV)
     assert result.exit_code == ExitCode.USAGE
 
 
@@ -345,3 +356,114 @@ def test_the_library_does_not_import_the_cli_stack() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     )
     assert result.stdout.strip() == "[]"
+
+
+# -- names, tables, errors, config keys ---------------------------------------------------------
+
+
+def test_a_vm_name_is_resolved_to_its_id(cli: Harness) -> None:
+    cli.api.on(
+        "GET",
+        "/vms",
+        vm_page(vm("vm-00000000000a", name="web"), vm("vm-00000000000b", name="web2")),
+    )
+    cli.api.on(
+        "POST", "/vms/vm-00000000000a/start", ok(vm("vm-00000000000a", "running", name="web"))
+    )
+    result = cli.run("vm", "start", "web", env=AUTH_ENV)
+    assert result.exit_code == 0, result.output
+    assert cli.api.requests[0].url.params["search"] == "web"
+    assert cli.api.last.url.path == "/api/v1/vms/vm-00000000000a/start"
+
+
+def test_an_ambiguous_name_lists_the_ids_and_sends_nothing(cli: Harness) -> None:
+    twins = vm_page(
+        vm("vm-00000000000a", name="web", owner="alice"),
+        vm("vm-00000000000b", name="web", owner="bob"),
+    )
+    cli.api.on("GET", "/vms", twins)
+    result = cli.run("vm", "delete", "web", "--yes", env=AUTH_ENV)
+    assert result.exit_code == ExitCode.USAGE
+    assert result.stderr.strip() == (
+        "Error: AMBIGUOUS_NAME: 2 VMs match 'web': use an id "
+        "(vm-00000000000a (owner alice); vm-00000000000b (owner bob))"
+    )
+    assert all(request.method == "GET" for request in cli.api.requests)
+
+
+def test_tables_fit_80_columns_by_cutting_free_text_only() -> None:
+    from voidvm.cli._output import Column, _fit
+
+    columns = [Column("ID", lambda r: r["id"]), Column("NOTE", lambda r: r["note"], shrink=True)]
+    rows = [["vm-00000000000a", "x" * 200]]
+    widths = _fit(["ID", "NOTE"], rows, columns, 80)
+    assert widths[0] == len("vm-00000000000a") and sum(widths) + 2 <= 80
+
+
+def test_quiet_prints_ids_only(cli: Harness) -> None:
+    cli.api.on("GET", "/vms", vm_page(vm("vm-00000000000a"), vm("vm-00000000000b")))
+    result = cli.run("vm", "ls", "-q", env=AUTH_ENV)
+    assert result.exit_code == 0, result.output
+    assert result.stdout.split() == ["vm-00000000000a", "vm-00000000000b"]
+    assert result.stderr == ""
+
+
+def test_error_details_are_words_not_reprs() -> None:
+    from voidvm import ValidationError
+    from voidvm.cli._output import error_line
+
+    error = ValidationError(
+        "invalid", code="VALIDATION_ERROR", details=[{"field": "cpu", "reason": "at most 32"}]
+    )
+    assert error_line(error) == "Error: VALIDATION_ERROR: invalid (cpu: at most 32)"
+    mapping = ValidationError(
+        "no", code="IMAGE_NOT_AVAILABLE", details={"image": "u20", "reason": "offline"}
+    )
+    assert error_line(mapping) == "Error: IMAGE_NOT_AVAILABLE: no (image: u20; reason: offline)"
+
+
+def test_config_set_builds_a_nested_patch(cli: Harness) -> None:
+    from voidvm.cli.server_config import parse_value, patch_for
+
+    assert patch_for("rate_limits.per_user.alice", "5/second") == {
+        "rate_limits": {"per_user": {"alice": "5/second"}}
+    }
+    assert parse_value("10") == 10 and parse_value("true") is True and parse_value("a/b") == "a/b"
+    cli.api.on("PUT", "/config", ok({"default_quota": {"max_vms": 7}}))
+    result = cli.run("config", "set", "default_quota.max_vms", "7", env=AUTH_ENV)
+    assert result.exit_code == 0, result.output
+    assert json_body(cli.api.last) == {"default_quota": {"max_vms": 7}}
+
+
+def test_rate_limit_waits_are_announced(cli: Harness) -> None:
+    from voidvm import VoidVMClient
+
+    def factory(base_url: str, token: str | None) -> VoidVMClient:
+        return VoidVMClient(base_url, token, transport=cli.api.transport)
+
+    cli.api.on("GET", "/vms", fail(429, "RATE_LIMIT_EXCEEDED", **{"Retry-After": "0"}), vm_page())
+    deps = CliDeps(client_factory=factory, config_path=cli.config_path)
+    result = cli.runner.invoke(make_app(deps), ["vm", "ls"], env=AUTH_ENV)
+    assert result.exit_code == 0, result.output
+    assert "Rate limited by the server; retrying in 0 s" in result.stderr
+
+
+def test_an_expired_stored_token_is_refreshed_once_and_saved(cli: Harness) -> None:
+    store = ConfigStore(cli.config_path)
+    store.save(
+        StoredLogin(url=URL, token="old-jwt", username="admin", refresh_token="r1", expires_at=1.0)
+    )
+    cli.api.on(
+        "POST", "/auth/refresh", ok({"token": "new-jwt", "refresh_token": "r2", "expires_in": 3600})
+    )
+    cli.api.on("GET", "/vms", vm_page())
+    result = cli.run("vm", "ls")
+    assert result.exit_code == 0, result.output
+    assert json_body(cli.api.requests[0]) == {"refresh_token": "r1"}
+    assert cli.api.last.headers["Authorization"] == "Bearer new-jwt"
+    saved = store.load()
+    assert (
+        (saved.token, saved.refresh_token) == ("new-jwt", "r2")
+        and saved.expires_at
+        and saved.expires_at > 1e9
+    )

@@ -114,7 +114,7 @@ async def async_surface(token: str) -> None:
         async with client.console(new_vm.id) as con:
             match: re.Match[str] = await con.wait_for_output("login:", timeout=60)
             await con.write("root\n")
-            await con.wait_for_output(re.compile(r"[#$] $"), timeout=30)
+            await con.wait_for_output(re.compile(r"[#$] $"), timeout=30, partial_line=True)
             chunk: str = await con.read(timeout=1)
             print(match.group(0), chunk, con.buffer)
 

@@ -32,7 +32,7 @@ export {
   type EventHandler,
   type Subscription,
 } from './ws/events.js';
-export { ConsoleSession } from './ws/console.js';
+export { ConsoleSession, type WaitForOutputOptions } from './ws/console.js';
 export type {
   WebSocketLike,
   WebSocketConstructor,

@@ -223,7 +223,8 @@ export interface VMActionOptions {
   wait?: boolean;
   /** Stop/restart: kill instead of ACPI power-off. */
   force?: boolean;
-  /** Seconds to wait for a graceful transition (server default 30). */
+  /** Stop/restart: seconds the guest has to answer the ACPI power button before it is killed
+   * (0–3600, server default 30); 0 kills at once, as `force` does. */
   timeout?: number;
 }
 
@@ -303,6 +304,8 @@ export interface Image {
   size_bytes: number;
   virtual_size_bytes: number;
   is_default: boolean;
+  /** Whether its guest runs an SSH server; only then do its VMs get `ports.ssh`. */
+  serves_ssh: boolean;
   source: string;
   status_reason: string | null;
   created_at: string;

@@ -22,7 +22,7 @@ test('console: terminal-connect, input, output, waitForOutput, disconnect', asyn
 
   const chunks = [];
   term.onOutput((o) => chunks.push(o));
-  const login = term.waitForOutput(/login: ?$/m, 2000);
+  const login = term.waitForOutput(/login: ?$/m, 2000, { partialLine: true }); // a prompt ends no line
   push(conn, 'terminal-output', { vmId: 'vm-2', output: 'login: other vm\n' }); // ignored
   push(conn, 'terminal-output', { vmId: 'vm-1', output: 'Welcome\r\nvoid' });
   push(conn, 'terminal-output', { vmId: 'vm-1', output: 'vm login: ' });
@@ -48,6 +48,46 @@ test('console: terminal-connect, input, output, waitForOutput, disconnect', asyn
   const bye = await server.message(conn, (m) => m.type === 'terminal-disconnect');
   assert.deepEqual(bye.data, { vmId: 'vm-1' });
   assert.throws(() => term.write('x'), { name: 'TransportError' });
+});
+
+async function attached(vmId) {
+  server.sockets.length = 0;
+  const term = await client().console(vmId);
+  const conn = await server.socket(0);
+  await server.message(conn, (m) => m.type === 'terminal-connect');
+  return { term, conn };
+}
+
+test('console: a RegExp waits for the complete line when output is split mid-word', async () => {
+  const { term, conn } = await attached('vm-3');
+  const uname = term.waitForOutput(/Linux \S+/, 2000);
+  push(conn, 'terminal-output', { vmId: 'vm-3', output: 'uname -a\r\nLinux void' });
+  push(conn, 'terminal-output', { vmId: 'vm-3', output: 'vm 6.1.0-tiny x86' });
+  push(conn, 'terminal-output', { vmId: 'vm-3', output: '_64 GNU/Linux\r\n# ' });
+  assert.equal(await uname, 'uname -a\r\nLinux voidvm');
+  assert.equal(await term.waitForOutput(/x86\S*/, 2000), ' 6.1.0-tiny x86_64');
+  // a string matches at once, also in the unfinished prompt line
+  assert.equal(await term.waitForOutput('# ', 2000), ' GNU/Linux\r\n# ');
+  term.close();
+});
+
+test('console: a string matches across pieces; partialLine lets a prompt RegExp match', async () => {
+  const { term, conn } = await attached('vm-4');
+  const ready = term.waitForOutput('VoidVM tiny guest ready', 2000);
+  push(conn, 'terminal-output', { vmId: 'vm-4', output: 'VoidVM tiny gu' });
+  push(conn, 'terminal-output', { vmId: 'vm-4', output: 'est ready\r\n~ ' });
+  assert.equal(await ready, 'VoidVM tiny guest ready');
+  const prompt = term.waitForOutput(/[#$] $/, 2000, { partialLine: true });
+  push(conn, 'terminal-output', { vmId: 'vm-4', output: '# ' });
+  assert.equal(await prompt, '\r\n~ # ');
+  push(conn, 'terminal-output', { vmId: 'vm-4', output: 'root\r\n~ # ' });
+  await term.waitForOutput('root', 2000);
+  await assert.rejects(term.waitForOutput(/[#$] $/, 200), (err) => {
+    assert.equal(err.code, 'WAIT_TIMEOUT');
+    assert.match(err.message, /partialLine: true/);
+    return true;
+  });
+  term.close();
 });
 
 test('console: error messages reject pending waits; reconnect re-attaches', async () => {

@@ -11,7 +11,7 @@ from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
 from voidvm_server import __version__
-from voidvm_server.api import errors
+from voidvm_server.api import docs, errors
 from voidvm_server.api.container import Container
 from voidvm_server.api.hosts import HostPolicy, hostname
 from voidvm_server.api.metrics import RequestMetrics
@@ -25,6 +25,7 @@ from voidvm_server.auth.passwords import PasswordHashing
 from voidvm_server.auth.tokens import TokenService, load_or_create_secret
 from voidvm_server.config import Settings
 from voidvm_server.data_dir import prepare_data_dir
+from voidvm_server.data_dir_lock import DataDirLock
 from voidvm_server.drivers.base import Driver
 from voidvm_server.drivers.console_log import ConsoleLimits
 from voidvm_server.drivers.qemu.driver import QemuDriver
@@ -199,26 +200,36 @@ def host_policy(settings: Settings) -> HostPolicy:
     return HostPolicy(host_names(settings), any_host="*" in settings.allowed_hosts)
 
 
-def create_app(settings: Settings, *, driver_factory: DriverFactory | None = None) -> FastAPI:
+def create_app(
+    settings: Settings,
+    *,
+    driver_factory: DriverFactory | None = None,
+    data_dir_lock: DataDirLock | None = None,
+) -> FastAPI:
+    """The app; its lifespan holds `data_dir_lock` (taken here when not given) while it runs."""
+    lock = data_dir_lock if data_dir_lock is not None else DataDirLock(settings.data_dir)
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        container = await build_container(settings, driver_factory)
-        app.state.container = container
-        try:
-            await start_services(container)
-            yield
-        finally:
-            await stop_services(container)
+        with lock:  # before the database or any VM is touched; released at shutdown
+            container = await build_container(settings, driver_factory)
+            app.state.container = container
+            try:
+                await start_services(container)
+                yield
+            finally:
+                await stop_services(container)
 
     app = FastAPI(
         title="VoidVM API",
         version=__version__,
         description="Manage real QEMU virtual machines. Every response uses the VoidVM envelope.",
         lifespan=lifespan,
-        docs_url=f"{API_PREFIX}/docs",
+        docs_url=None,  # served by api/docs.py from packaged assets, not from a CDN
         redoc_url=None,
         openapi_url=f"{API_PREFIX}/openapi.json",
     )
+    docs.install(app, docs_url=f"{API_PREFIX}/docs", openapi_url=f"{API_PREFIX}/openapi.json")
     app.state.registry = CollectorRegistry()
     app.state.request_metrics = RequestMetrics(app.state.registry)
     errors.install(app)

@@ -29,10 +29,12 @@ def bearer_token(request: Request) -> str | None:
     return token.strip()
 
 
-async def enforce_rate_limit(request: Request, container: Container, key: str, role: str) -> None:
-    """Spend one request of the caller's budget; the headers go on the response either way."""
-    limits = container.live.current.rate_limits
-    limit_text = limits.per_user.get(key) or limits.per_role.get(role) or limits.default
+async def enforce_rate_limit(
+    request: Request, container: Container, key: str, role: str, user_keys: tuple[str, ...] = ()
+) -> None:
+    """Spend one request of the caller's budget (bucket `key`); the headers go on the response
+    either way. `user_keys` (id, username) find the caller's own entry in `per_user`."""
+    limit_text = container.live.current.rate_limits.limit_for(role, user_keys)
     item = container.limiter.parse(limit_text)
     verdict = await container.limiter.hit(item, "api", key)
     request.scope.setdefault("state", {})["rate_headers"] = {
@@ -70,7 +72,9 @@ async def current_principal(request: Request, container: ContainerDep) -> Princi
         raise
     context.user_name.set(principal.user.username)
     request.state.principal = principal
-    await enforce_rate_limit(request, container, f"user:{principal.id}", principal.user.role.value)
+    user = principal.user
+    await enforce_rate_limit(request, container, f"user:{principal.id}", user.role.value,
+                             (user.id, user.username))  # fmt: skip
     return principal
 
 

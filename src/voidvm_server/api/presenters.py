@@ -55,7 +55,7 @@ def vm_json(vm: VM) -> dict[str, Any]:
         "owner": vm.owner_name,
         "owner_id": vm.owner_id,
         "ip": GUEST_IP if vm.pid else None,
-        "ports": {"ssh": vm.ssh_port} if vm.ssh_port else {},
+        "ports": vm.ports,
         "created_at": iso(vm.created_at),
         "updated_at": iso(vm.updated_at),
         "started_at": iso(vm.started_at),
@@ -73,6 +73,7 @@ def image_json(image: Image) -> dict[str, Any]:
         "size_bytes": image.size_bytes,
         "virtual_size_bytes": image.virtual_size_bytes,
         "is_default": image.is_default,
+        "serves_ssh": image.serves_ssh,
         "source": image.source,
         "created_at": iso(image.created_at),
     }

@@ -231,7 +231,10 @@ class VMPublic(Public):
     owner: str = Field(description="the owner's username")
     owner_id: str
     ip: str | None = Field(description="the guest's address while QEMU runs")
-    ports: dict[str, int] = Field(description='forwarded host ports, e.g. {"ssh": 22022}; {} when none')
+    ports: dict[str, int] = Field(
+        description='host ports forwarded now, e.g. {"ssh": 22022}; {} when none, and while the VM is '
+        "stopped or in error (it keeps its SSH port for its next start) or its image serves no SSH"
+    )
     created_at: Timestamp
     updated_at: Timestamp
     started_at: Timestamp | None
@@ -312,6 +315,10 @@ class ImagePublic(Public):
     size_bytes: int
     virtual_size_bytes: int
     is_default: bool
+    serves_ssh: bool = Field(
+        description="whether its guest runs an SSH server; only then do its VMs get an SSH port "
+        "(false for the built-in tiny guest)"
+    )
     source: str
     created_at: Timestamp
 

@@ -77,7 +77,13 @@ class VMUpdateBody(Body):
 class VMActionBody(Body):
     wait: bool = True
     force: bool = False
-    timeout: float | None = Field(default=None, gt=0, le=3600)
+    timeout: float | None = Field(
+        default=None,
+        ge=0,
+        le=3600,
+        description="stop/restart: seconds the guest has to answer the ACPI power button before it is "
+        "killed (default: the server's `stop_timeout_seconds`, 30); 0 kills at once, as `force` does",
+    )
 
 
 class ConsoleTicketRequest(Body):

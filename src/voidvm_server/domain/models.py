@@ -31,6 +31,12 @@ class VMStatus(StrEnum):
     ERROR = "error"
 
 
+# While a VM is in one of these, its QEMU forwards its ports (or is about to, or still does).
+FORWARDING = frozenset(
+    {VMStatus.STARTING, VMStatus.RUNNING, VMStatus.PAUSED, VMStatus.REBOOTING, VMStatus.STOPPING}
+)
+
+
 class ImageFormat(StrEnum):
     QCOW2 = "qcow2"
     RAW = "raw"
@@ -98,6 +104,8 @@ class Image:
     # File names inside the image's own directory; never user supplied.
     files: dict[str, str] = field(default_factory=dict)
     kernel_cmdline: str | None = None
+    # Whether its guest runs an SSH server: only then is a VM's SSH port forwarded and shown.
+    serves_ssh: bool = True
 
 
 @dataclass
@@ -119,6 +127,12 @@ class VM:
     created_at: datetime
     updated_at: datetime
     started_at: datetime | None
+
+    @property
+    def ports(self) -> dict[str, int]:
+        """The host ports forwarded now. A VM at rest keeps its SSH port in `ssh_port` (taken
+        again at its next start when free) but forwards nothing, so shows none."""
+        return {"ssh": self.ssh_port} if self.ssh_port and self.status in FORWARDING else {}
 
 
 @dataclass

@@ -26,6 +26,7 @@ class FakeDriver:
         self.disks: dict[str, int] = {}
         self.running: dict[str, str] = {}  # vm_id -> "running" | "paused"
         self.fail_next_start: str | None = None
+        self.deaf_to_power_button: set[str] = set()  # guests that never answer ACPI (still booting)
         self.console_input: dict[str, bytes] = {}
         self._recent: dict[str, bytes] = {}
         self._logs: dict[str, RotatingLog] = {}
@@ -106,6 +107,8 @@ class FakeDriver:
 
     async def powerdown(self, vm_id: str) -> None:
         self._need(vm_id)
+        if vm_id in self.deaf_to_power_button:
+            return  # pressed; nobody in the guest handles it
         self.running.pop(vm_id)
         self._on_exit(vm_id, True, "powered off")
 

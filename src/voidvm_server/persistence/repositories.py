@@ -297,6 +297,7 @@ def _image(row: ImageRow) -> Image:
         created_at=_utc(row.created_at),
         files=dict(row.files or {}),
         kernel_cmdline=row.kernel_cmdline,
+        serves_ssh=row.serves_ssh,
     )
 
 
@@ -331,6 +332,7 @@ class ImageRepository:
                 source=image.source,
                 files=image.files,
                 kernel_cmdline=image.kernel_cmdline,
+                serves_ssh=image.serves_ssh,
                 created_at=image.created_at,
             )
         )
@@ -487,6 +489,11 @@ class VMRepository:
 
     async def all(self) -> builtins.list[VM]:
         return [_vm(r, r.owner_username) for r in (await self.session.execute(self._select())).all()]
+
+    async def ssh_ports(self) -> dict[int, str]:
+        """Every SSH port a VM keeps (running or not), with the VM's id."""
+        rows = await self.session.execute(select(_vms.ssh_port, _vms.id).where(_vms.ssh_port.is_not(None)))
+        return {int(port): vm_id for port, vm_id in rows.all()}
 
     async def count_by_status(self) -> dict[str, int]:
         rows = await self.session.execute(select(_vms.status, func.count()).group_by(_vms.status))

@@ -14,6 +14,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    true,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -81,6 +82,7 @@ class ImageRow(Base):
     source: Mapped[str] = mapped_column(Text)
     files: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)
     kernel_cmdline: Mapped[str | None] = mapped_column(Text)
+    serves_ssh: Mapped[bool] = mapped_column(default=True, server_default=true())  # migration 0003
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 

@@ -55,6 +55,15 @@ def image_not_found(ref: str) -> NotFoundError:
     return NotFoundError("Image not found", code="IMAGE_NOT_FOUND", details=f"Image '{ref}' was not found")
 
 
+def image_not_available(image: Image) -> ConflictError:
+    why = f": {image.status_reason}" if image.status_reason else ""
+    return ConflictError(
+        f"The image '{image.name}' is not available ({image.status.value}{why})",
+        code="IMAGE_NOT_AVAILABLE",
+        details={"image": image.name, "image_status": image.status.value, "reason": image.status_reason},
+    )
+
+
 def boot_media(image: Image, image_dir: Path) -> BootMedia:
     files = {k: image_dir / v for k, v in image.files.items()}
     if image.format is ImageFormat.KERNEL:
@@ -66,7 +75,7 @@ def boot_media(image: Image, image_dir: Path) -> BootMedia:
     return BootMedia(base_disk=files["disk"], base_format=image.format.value)
 
 
-def _named(images: builtins.list[Image], name: str) -> Image | None:
+def named_image(images: builtins.list[Image], name: str) -> Image | None:
     """The image called `name`, by its name or one of its aliases (case-insensitive)."""
     key = name.lower()
     return next((i for i in images if key == i.name.lower() or key in (a.lower() for a in i.aliases)), None)
@@ -111,16 +120,24 @@ class ImageService:
             raise image_not_found(ref)
         return image
 
+    async def get_available(self, ref: str) -> Image:
+        """The image, which must be `available`: one still downloading or failed has no files."""
+        image = await self.get(ref)
+        if image.status is not ImageStatus.AVAILABLE:
+            raise image_not_available(image)
+        return image
+
     async def resolve(self, os_name: str | None) -> Image:
         """The image a VM's `os` names (name or alias), the default one, or a catalog pull."""
         images = await self.list()
         if os_name is None or os_name == "":
-            chosen = _named(images, self._default_image()) or next((i for i in images if i.is_default), None)
+            flagged = next((i for i in images if i.is_default), None)
+            chosen = named_image(images, self._default_image()) or flagged
             if chosen is None:
                 raise ValidationError("os", "no default image is installed; run 'make run' or "
                                       "'voidvm-server image build-tiny'")  # fmt: skip
             return chosen
-        named = _named(images, os_name)
+        named = named_image(images, os_name)
         if named is not None:
             return named
         key = os_name.lower()
@@ -218,7 +235,11 @@ class ImageService:
         self, name: str, fmt: ImageFormat, source: ImageSource, aliases: builtins.list[str]
     ) -> Image:
         if fmt is ImageFormat.KERNEL:
-            raise ValidationError("format", "kernel images are added with 'voidvm-server image'")
+            raise ValidationError(
+                "format",
+                "kernel images cannot be imported: the built-in one is made by "
+                "'voidvm-server image build-tiny'; import a qcow2, raw or iso disk",
+            )
         image = self._new_record(name, fmt, "upload" if source.upload else source.url or "file")
         image.aliases = [a for a in aliases if IMAGE_NAME.match(a)]
         directory = self.image_dir(image.id)
@@ -287,6 +308,7 @@ class ImageService:
             shutil.copyfile(initrd, directory / "initrd.img")
             image.files["initrd"] = "initrd.img"
         image.kernel_cmdline = cmdline
+        image.serves_ssh = False  # the busybox guest runs no SSH server
         image.aliases = ["voidvm-tiny", "busybox", "default"] if name == "tiny" else []
         image.size_bytes = sum((directory / f).stat().st_size for f in image.files.values())
         async with self.db.session() as s:

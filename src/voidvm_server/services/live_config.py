@@ -15,8 +15,10 @@ from voidvm_server.errors import ValidationError
 from voidvm_server.persistence.engine import Database
 from voidvm_server.persistence.repositories import ConfigRepository
 from voidvm_server.services.clock import now
+from voidvm_server.services.config_references import check_references
 
 KEY = "live"
+LEGACY_USER_PREFIX = "user:"  # how `per_user` keys were spelled before they named users
 
 
 RATE = r"^\d+\s*/\s*(second|minute|hour|day)$"  # what the limits library parses, e.g. "100/minute"
@@ -27,9 +29,16 @@ class _Section(BaseModel):
 
 
 class RateLimits(_Section):
+    """`per_user` is keyed by username or user id; then `per_role` (by role name), then `default`."""
+
     default: str = Field("100/minute", pattern=RATE)
     per_role: dict[str, Annotated[str, Field(pattern=RATE)]] = Field(default_factory=dict)
     per_user: dict[str, Annotated[str, Field(pattern=RATE)]] = Field(default_factory=dict)
+
+    def limit_for(self, role: str, user_keys: tuple[str, ...] = ()) -> str:
+        """The limit of a caller known by `user_keys` (its id and username) and `role`."""
+        personal = next((self.per_user[k] for k in user_keys if k in self.per_user), None)
+        return personal or self.per_role.get(role) or self.default
 
 
 class DefaultQuota(_Section):
@@ -123,11 +132,12 @@ class LiveConfigStore:
         async with self.db.session() as s:
             stored = await ConfigRepository(s).get(KEY)
         if stored:
-            self.current = self._validate(deep_merge(self.current.model_dump(), stored))
+            self.current = self._validate(_without_legacy_keys(deep_merge(self.current.model_dump(), stored)))
 
     async def update(self, patch: dict[str, Any]) -> LiveConfig:
         candidate = self._validate(deep_merge(self.current.model_dump(), patch))
         async with self.db.session() as s:
+            await check_references(s, self.current, candidate)
             await ConfigRepository(s).put(KEY, candidate.model_dump(), now())
         self.current = candidate
         return candidate
@@ -140,3 +150,12 @@ class LiveConfigStore:
             raise ValidationError.many(
                 [(".".join(str(p) for p in e["loc"]) or "config", e["msg"]) for e in exc.errors()]
             ) from exc
+
+
+def _without_legacy_keys(document: dict[str, Any]) -> dict[str, Any]:
+    """A stored `per_user` key `user:<id>` becomes `<id>`, so a limit set that way still holds."""
+    limits = document.get("rate_limits")
+    per_user = limits.get("per_user") if isinstance(limits, dict) else None
+    if isinstance(per_user, dict) and isinstance(limits, dict):
+        limits["per_user"] = {k.removeprefix(LEGACY_USER_PREFIX): v for k, v in per_user.items()}
+    return document

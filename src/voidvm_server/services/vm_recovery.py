@@ -71,7 +71,7 @@ class VMRecovery:
                 await self.svc._set_status(vm.id, status, reason, pid=pid, started_at=vm.started_at or now())
             log.info("Re-attached to VM %s (pid %d)", vm.id, pid)
             return
-        gone = {"pid": None, "ssh_port": None, "started_at": None}
+        gone = {"pid": None, "started_at": None}  # the SSH port stays the VM's
         meanwhile = "while the server was down" if server_restarted else "while the database was unavailable"
         match vm.status:
             case S.RUNNING | S.PAUSED:

@@ -17,7 +17,6 @@ import logging
 import math
 import os
 import re
-import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -45,6 +44,7 @@ from voidvm_server.services.disk_reserve import DiskReserve
 from voidvm_server.services.ids import is_valid_id, new_id
 from voidvm_server.services.images import ImageService
 from voidvm_server.services.live_config import LiveConfigStore
+from voidvm_server.services.ssh_ports import SshPorts, free_loopback_port
 from voidvm_server.services.vm_recovery import VMRecovery
 from voidvm_server.services.vm_requests import VMCreate, VMQuery, VMUpdate, parse_sort
 
@@ -55,10 +55,11 @@ VM_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,63}$")
 S = VMStatus
 
 
-def free_loopback_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+def unanswered_power_button(timeout: float) -> str:
+    return (
+        f"the guest did not answer the ACPI power button within {timeout:g} s (it may still "
+        "have been booting); it was powered off"
+    )
 
 
 class VMService:
@@ -83,6 +84,7 @@ class VMService:
         self._expecting_exit: set[str] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._crash_restarts = CrashRestarts()
+        self.ssh_ports = SshPorts(db, bus)
         self.recovery = VMRecovery(self)
         driver.set_exit_handler(self._on_process_exit)
         driver.set_pause_handler(self._on_paused_by_hypervisor)
@@ -188,7 +190,8 @@ class VMService:
                 raise
             self._publish(vm, S.CREATING, None)
             if image.status is ImageStatus.DOWNLOADING:
-                self._spawn(self._finish_create_after_pull(vm))
+                starter = principal if spec.auto_start else None
+                self._spawn(self._finish_create_after_pull(vm, starter))
                 return vm
             with self.recovery.resync_if_the_database_fails(vm.id):
                 await self._test_pause("after-create-insert")
@@ -200,7 +203,7 @@ class VMService:
                 await self._test_pause("after-create-disk")
                 vm = await self._set_status(vm.id, S.STOPPED)
         if spec.auto_start:
-            self._spawn(self._auto_start(principal, vm.id))
+            return await self._begin_auto_start(principal, vm)
         return vm
 
     def _check_fits(self, image: Image, disk_gb: int) -> None:
@@ -228,13 +231,18 @@ class VMService:
         self._locks.pop(vm.id, None)
         self.bus.publish("vm-status", {"vmId": vm.id, "status": "deleted"}, vm_id=vm.id, owner_id=vm.owner_id)
 
-    async def _finish_create_after_pull(self, vm: VM) -> None:
+    async def _finish_create_after_pull(self, vm: VM, starter: Principal | None) -> None:
+        """Finish a create that waited for its image; `starter` asked for `auto_start`."""
         try:
-            await self._complete_create_after_pull(vm)
+            ready = await self._complete_create_after_pull(vm)
         except VoidVMError as exc:  # never leave the VM 'creating' with nobody to finish it
             log.warning("Finishing the create of %s after its image pull failed: %s", vm.id, exc.message)
+            return
+        if ready and starter is not None:
+            await self._begin_auto_start(starter, vm)
 
-    async def _complete_create_after_pull(self, vm: VM) -> None:
+    async def _complete_create_after_pull(self, vm: VM) -> bool:
+        """Make the disk once the image is there; True when the VM ended up `stopped`."""
         image = await self.images.wait_ready(vm.image_id)
         async with self._lock(vm.id):
             with self.recovery.resync_if_the_database_fails(vm.id):
@@ -242,23 +250,26 @@ class VMService:
                 if current is None or current.status is not S.CREATING:
                     if current is None:
                         self._locks.pop(vm.id, None)
-                    return  # deleted (DELETE ?force=true) while the image was downloading
+                    return False  # deleted (DELETE ?force=true) while the image was downloading
                 if image.status is not ImageStatus.AVAILABLE:
                     await self._set_status(vm.id, S.ERROR, f"image '{image.name}': {image.status_reason}")
-                    return
+                    return False
                 try:
                     self._check_fits(image, vm.disk_gb)
                     await self.driver.prepare_disk(vm.id, self.images.media(image), vm.disk_gb)
                 except VoidVMError as exc:
                     await self._set_status(vm.id, S.ERROR, exc.message)
-                    return
+                    return False
                 await self._set_status(vm.id, S.STOPPED)
+                return True
 
-    async def _auto_start(self, principal: Principal, vm_id: str) -> None:
+    async def _begin_auto_start(self, principal: Principal, vm: VM) -> VM:
+        """Start a just-created VM in the background; the VM as it is then (`starting`)."""
         try:
-            await self.action(principal, vm_id, "start")
-        except VoidVMError as exc:
-            log.warning("Auto-start of %s failed: %s", vm_id, exc.message)
+            return await self.action(principal, vm.id, "start", wait=False)
+        except VoidVMError as exc:  # the VM exists all the same: it stays `stopped`
+            log.warning("Auto-start of %s failed: %s", vm.id, exc.message)
+            return await self._load(vm.id) or vm  # gone if a forced delete came first
 
     # -- update --------------------------------------------------------------------------------
     async def update(self, principal: Principal, vm_id: str, changes: VMUpdate) -> VM:
@@ -328,26 +339,29 @@ class VMService:
             vm = await self._reload(vm.id)
             check_action(action, vm.status)
             if action == "start":
+                # Refused before the intent is written: the VM keeps its status and its reason.
+                await self.images.get_available(vm.image_id)
                 await self.reserve.check()
-            work = self._plan(vm, action, force, timeout or self.settings.stop_timeout_seconds)
+            timeout = self.settings.stop_timeout_seconds if timeout is None else timeout
+            work = self._plan(vm, action, force, timeout)
             with self.recovery.resync_if_the_database_fails(vm.id):
                 vm = await work.begin()
         except BaseException:
             lock.release()
             raise
         if not wait:
-            self._spawn(self._finish(vm.id, work.run, lock))
+            self._spawn(self._finish(vm, work.run, lock))
             return vm
         try:
             with self.recovery.resync_if_the_database_fails(vm.id):
-                return await work.run()
+                return await work.run(vm)
         finally:
             lock.release()
 
-    async def _finish(self, vm_id: str, run: Callable[[], Awaitable[VM]], lock: asyncio.Lock) -> None:
+    async def _finish(self, begun: VM, run: Callable[[VM], Awaitable[VM]], lock: asyncio.Lock) -> None:
         try:
-            with self.recovery.resync_if_the_database_fails(vm_id):
-                await run()
+            with self.recovery.resync_if_the_database_fails(begun.id):
+                await run(begun)
         except VoidVMError as exc:
             log.warning("Background action failed: %s", exc.message)
         finally:
@@ -359,88 +373,113 @@ class VMService:
 
         match action:
             case "start":
-                # The port QEMU will forward is recorded with the intent (one write, not two),
-                # so a server killed after the spawn still knows it.
-                port = free_loopback_port()
+                # The intent holds the port QEMU will forward (and, as its reason, why the port
+                # moved), so a server killed after the spawn still knows it.
                 return _Work(
-                    lambda: self._set_status(vm.id, S.STARTING, ssh_port=port),
-                    lambda: self._start(vm, port),
+                    lambda: self._begin_start(vm),
+                    lambda begun: self._start(begun, reason=begun.status_reason, port_recorded=True),
                 )
             case "stop":
                 return _Work(
                     lambda: self._set_status(vm.id, S.STOPPING),
-                    lambda: self._stop(vm, force, timeout),
+                    lambda _: self._stop(vm, force, timeout),
                 )
             case "restart":
                 return _Work(
                     lambda: self._set_status(vm.id, S.REBOOTING),
-                    lambda: self._restart(vm, force, timeout),
+                    lambda _: self._restart(vm, force, timeout),
                 )
             case "pause":
-                return _Work(same, lambda: self._simple(vm, self.driver.pause, S.PAUSED))
+                return _Work(same, lambda _: self._simple(vm, self.driver.pause, S.PAUSED))
             case "resume":
-                return _Work(same, lambda: self._simple(vm, self.driver.resume, S.RUNNING))
+                return _Work(same, lambda _: self._simple(vm, self.driver.resume, S.RUNNING))
             case "reset":
-                return _Work(same, lambda: self._simple(vm, self.driver.reset, vm.status))
+                return _Work(same, lambda _: self._simple(vm, self.driver.reset, vm.status))
         raise ValidationError("action", f"unknown action '{action}'")
 
-    async def _start(self, vm: VM, ssh_port: int | None = None) -> VM:
-        """Spawn the VM's QEMU. `ssh_port` is given when the intent already recorded it."""
+    async def _begin_start(self, vm: VM) -> VM:
+        """The start's intent: `starting`, with the SSH port it will forward."""
+        image = await self.images.get(vm.image_id)
+        async with self.ssh_ports.claim(vm, image) as claim:
+            return await self._set_status(vm.id, S.STARTING, claim.note, ssh_port=claim.port)
+
+    async def _claim_ssh_port(self, vm: VM, image: Image) -> tuple[VM, str | None]:
+        """For a start with no intent of its own (restarts): the port, recorded before the spawn."""
+        async with self.ssh_ports.claim(vm, image) as claim:
+            if claim.port != vm.ssh_port:
+                async with self.db.session() as s:
+                    await VMRepository(s).update(vm.id, ssh_port=claim.port)
+        return dataclasses.replace(vm, ssh_port=claim.port), claim.note
+
+    async def _start(self, vm: VM, *, reason: str | None = None, port_recorded: bool = False) -> VM:
+        """Spawn the VM's QEMU; `reason` becomes the running VM's. With `port_recorded`, the
+        intent already holds the port to forward (`vm.ssh_port`)."""
         try:
             image = await self.images.get(vm.image_id)
-            if ssh_port is None:
-                ssh_port = free_loopback_port()
-                # Intent first: a server killed after the spawn finds the port QEMU forwards.
-                async with self.db.session() as s:
-                    await VMRepository(s).update(vm.id, ssh_port=ssh_port)
-            spec = VMSpec(vm.id, vm.cpu, vm.memory_mb, self.images.media(image), ssh_port)
+            if not port_recorded:
+                vm, note = await self._claim_ssh_port(vm, image)
+                reason = "; ".join(r for r in (reason, note) if r) or None
+            spec = VMSpec(vm.id, vm.cpu, vm.memory_mb, self.images.media(image), vm.ssh_port)
             await self._test_pause("before-spawn")
             pid = await self.driver.start(spec)
         except BaseException as exc:
-            reason = "internal error while starting"
+            why = "internal error while starting"
             if isinstance(exc, VoidVMError):
-                reason = f"{exc.message}: {exc.details}" if exc.details else exc.message
-            await asyncio.shield(self._set_status(vm.id, S.ERROR, reason, pid=None, ssh_port=None))
+                why = f"{exc.message}: {exc.details}" if exc.details else exc.message
+            await asyncio.shield(self._set_status(vm.id, S.ERROR, why, pid=None))
             raise
         await self._test_pause("after-spawn")
-        return await self._set_status(vm.id, S.RUNNING, pid=pid, ssh_port=ssh_port, started_at=now())
+        return await self._set_status(vm.id, S.RUNNING, reason, pid=pid, started_at=now())
 
-    async def _power_off(self, vm: VM, force: bool, timeout: float) -> None:
+    async def _power_off(self, vm: VM, force: bool, timeout: float) -> str | None:
+        """The ACPI power button, then a kill after `timeout` s (at once with `force` or a timeout
+        of 0). Returns why it came to a kill nobody asked for, else None."""
         if not self.driver.is_running(vm.id):
-            return  # it has just ended on its own; its exit report will find the VM stopped
+            return None  # it has just ended on its own; its exit report will find the VM stopped
         self._expecting_exit.add(vm.id)
         try:
-            if not force:
-                try:
-                    await self.driver.powerdown(vm.id)
-                    if await self.driver.wait_exit(vm.id, timeout):
-                        return
-                    log.info("VM %s ignored the power button for %gs; killing it", vm.id, timeout)
-                except HypervisorTimeoutError:
-                    raise  # QEMU itself hangs (not the guest): only `force` may kill it
-                except DriverError as exc:
-                    log.warning("Graceful stop of %s failed (%s); killing it", vm.id, exc.message)
-            await self.driver.kill(vm.id)
+            if force or timeout <= 0:
+                await self.driver.kill(vm.id)
+                return None
+            why = await self._press_power_button(vm, timeout)
+            if why is not None:
+                await self.driver.kill(vm.id)
+            return why
         finally:
             self._expecting_exit.discard(vm.id)
 
+    async def _press_power_button(self, vm: VM, timeout: float) -> str | None:
+        """None once the guest has powered off; else why it still has to be killed."""
+        try:
+            await self.driver.powerdown(vm.id)
+            if await self.driver.wait_exit(vm.id, timeout):
+                return None
+        except HypervisorTimeoutError:
+            raise  # QEMU itself hangs (not the guest): only `force` may kill it
+        except DriverError as exc:
+            log.warning("Graceful stop of %s failed (%s); killing it", vm.id, exc.message)
+            return f"the graceful stop failed ({exc.message}); it was powered off"
+        log.info("VM %s ignored the power button for %gs; killing it", vm.id, timeout)
+        return unanswered_power_button(timeout)
+
     async def _stop(self, vm: VM, force: bool, timeout: float) -> VM:
-        await self._power_off_or_undo(vm, force, timeout)
-        return await self._set_status(vm.id, S.STOPPED, pid=None, ssh_port=None, started_at=None)
+        why = await self._power_off_or_undo(vm, force, timeout)
+        # The SSH port stays in the row: the VM takes it again at its next start.
+        return await self._set_status(vm.id, S.STOPPED, why, pid=None, started_at=None)
 
     async def _restart(self, vm: VM, force: bool, timeout: float) -> VM:
-        await self._power_off_or_undo(vm, force, timeout)
-        return await self._start(vm)
+        why = await self._power_off_or_undo(vm, force, timeout)
+        return await self._start(vm, reason=f"{why}, then started again" if why else None)
 
-    async def _power_off_or_undo(self, vm: VM, force: bool, timeout: float) -> None:
+    async def _power_off_or_undo(self, vm: VM, force: bool, timeout: float) -> str | None:
         """Power off; when QEMU does not answer, put back the status the VM had (it still runs)."""
         try:
-            await self._power_off(vm, force, timeout)
+            return await self._power_off(vm, force, timeout)
         except HypervisorTimeoutError:
             if self.driver.is_running(vm.id):
                 await asyncio.shield(self._set_status(vm.id, vm.status, vm.status_reason))
                 raise
-            # It ended meanwhile: the stop happened after all.
+            return None  # it ended meanwhile: the stop happened after all
 
     async def _simple(self, vm: VM, call: Callable[[str], Awaitable[None]], target: VMStatus) -> VM:
         await call(vm.id)
@@ -529,7 +568,7 @@ class VMService:
                 "memory": vm.memory_mb,
                 "network": {
                     "ip": GUEST_IP if vm.pid else None,
-                    "ports": {"ssh": vm.ssh_port} if vm.ssh_port else {},
+                    "ports": vm.ports,
                 },
             },
             vm_id=vm.id,
@@ -573,7 +612,7 @@ class VMService:
             return
         if self.driver.is_running(vm_id):
             return  # a late report: the VM was started again since that process ended
-        values = {"pid": None, "ssh_port": None, "started_at": None}
+        values = {"pid": None, "started_at": None}  # the SSH port stays the VM's
         if clean:
             await self._set_status(vm_id, S.STOPPED, "the guest powered itself off", **values)
             return
@@ -625,4 +664,4 @@ class _Work:
     """An action in two steps: `begin` records the intent, `run` does the work."""
 
     begin: Callable[[], Awaitable[VM]]
-    run: Callable[[], Awaitable[VM]]
+    run: Callable[[VM], Awaitable[VM]]  # given the VM as `begin` left it

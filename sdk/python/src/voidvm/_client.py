@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from types import TracebackType
 from typing import Any, Self
 
@@ -47,6 +47,15 @@ class _ClientBase:
     @token.setter
     def token(self, value: str | None) -> None:
         self._http.token = value
+
+    @property
+    def on_rate_limit(self) -> Callable[[float], None] | None:
+        """Called with the seconds about to be waited before each automatic 429 retry."""
+        return self._http.on_rate_limit
+
+    @on_rate_limit.setter
+    def on_rate_limit(self, callback: Callable[[float], None] | None) -> None:
+        self._http.on_rate_limit = callback
 
     def __repr__(self) -> str:  # never shows the token
         return f"{type(self).__name__}(base_url={self.base_url!r})"

@@ -171,6 +171,8 @@ class _Session:
     timeout: float
     retry: RetryPolicy
     headers: dict[str, str] = field(default_factory=dict)
+    #: Told the seconds about to be waited out before each 429 retry (the CLI prints a notice).
+    on_rate_limit: Callable[[float], None] | None = None
 
     def build(self, client: httpx.Client | httpx.AsyncClient, call: Call[Any]) -> httpx.Request:
         headers = dict(self.headers)
@@ -200,6 +202,8 @@ class _Session:
         wait = self.retry.delay(error, attempt) if call.retryable else None
         if wait is not None:
             logger.info("rate limited on %s %s; retrying in %.2fs", call.method, call.path, wait)
+            if self.on_rate_limit is not None:
+                self.on_rate_limit(wait)
         return wait
 
 

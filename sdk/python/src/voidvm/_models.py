@@ -142,6 +142,7 @@ class Image(Record):
     size_bytes: int | None
     virtual_size_bytes: int | None
     is_default: bool
+    serves_ssh: bool  # only then do its VMs get ports.ssh
     source: str | None
     status_reason: str | None
     created_at: str

@@ -5,6 +5,7 @@ type SocketFactory = (hooks: Pick<SocketOptions, 'onOpen' | 'onMessage' | 'onFat
 
 type Waiter = {
   pattern: string | RegExp;
+  partialLine: boolean;
   resolve: (text: string) => void;
   reject: (err: unknown) => void;
   timer: ReturnType<typeof setTimeout>;
@@ -12,6 +13,16 @@ type Waiter = {
 
 /** Unconsumed output kept for `waitForOutput` (older output is dropped). */
 const MAX_PENDING = 1 << 20;
+
+/** Options of {@link ConsoleSession.waitForOutput}. */
+export interface WaitForOutputOptions {
+  /**
+   * Let a RegExp also match in the line still being printed (after the last `\n`), e.g. a
+   * prompt such as `/[#$] $/`. Without it a RegExp only sees complete lines, because output
+   * arrives in pieces and `/Linux \S+/` must not match `Linux voidv` of `Linux voidvm`.
+   */
+  partialLine?: boolean;
+}
 
 const anchorless = (re: RegExp): RegExp => new RegExp(re.source, re.flags.replace(/[gy]/g, ''));
 
@@ -71,15 +82,22 @@ export class ConsoleSession {
   /**
    * Resolves with the output received up to and including the first match of `pattern`
    * (searching output not consumed by an earlier call), which is then consumed.
+   *
+   * A string matches literally as soon as it has arrived (prompts such as `'login: '` end no
+   * line). A RegExp matches only within complete lines (up to the last `\n` received), so a
+   * word split between two messages is seen whole; `{ partialLine: true }` also searches the
+   * unfinished last line (for prompt regexes), where a match may still grow.
    * Rejects with `VoidVMError` code `WAIT_TIMEOUT` after `timeoutMs` (default 30000).
    */
-  waitForOutput(pattern: string | RegExp, timeoutMs = 30_000): Promise<string> {
-    const hit = this.consume(pattern);
+  waitForOutput(pattern: string | RegExp, timeoutMs = 30_000, options: WaitForOutputOptions = {}): Promise<string> {
+    const partialLine = options.partialLine ?? false;
+    const hit = this.consume(pattern, partialLine);
     if (hit !== undefined) return Promise.resolve(hit);
     if (this.closed) return Promise.reject(new TransportError({ code: 'SOCKET_CLOSED', message: 'Console is closed' }));
     return new Promise<string>((resolve, reject) => {
       const waiter: Waiter = {
         pattern,
+        partialLine,
         resolve,
         reject,
         timer: setTimeout(() => {
@@ -87,7 +105,11 @@ export class ConsoleSession {
           reject(
             new VoidVMError({
               code: 'WAIT_TIMEOUT',
-              message: `No console output matching ${String(pattern)} within ${timeoutMs} ms`,
+              message:
+                `No console output matching ${String(pattern)} within ${timeoutMs} ms` +
+                (this.onlyUnfinishedLineMatches(pattern, partialLine)
+                  ? ' (the unfinished last line matches: pass { partialLine: true } for prompts)'
+                  : ''),
               details: { tail: this.pending.slice(-500) },
             }),
           );
@@ -106,20 +128,25 @@ export class ConsoleSession {
     this.rejectAll(new TransportError({ code: 'SOCKET_CLOSED', message: 'Console is closed' }));
   }
 
-  private consume(pattern: string | RegExp): string | undefined {
+  private consume(pattern: string | RegExp, partialLine: boolean): string | undefined {
     let end: number;
     if (typeof pattern === 'string') {
       const at = this.pending.indexOf(pattern);
       if (at < 0) return undefined;
       end = at + pattern.length;
     } else {
-      const m = anchorless(pattern).exec(this.pending);
+      const searched = partialLine ? this.pending : this.pending.slice(0, this.pending.lastIndexOf('\n') + 1);
+      const m = anchorless(pattern).exec(searched);
       if (!m) return undefined;
       end = m.index + m[0].length;
     }
     const text = this.pending.slice(0, end);
     this.pending = this.pending.slice(end);
     return text;
+  }
+
+  private onlyUnfinishedLineMatches(pattern: string | RegExp, partialLine: boolean): boolean {
+    return typeof pattern !== 'string' && !partialLine && anchorless(pattern).test(this.pending);
   }
 
   private onMessage(msg: ServerMessage): void {
@@ -129,7 +156,7 @@ export class ConsoleSession {
       this.pending = (this.pending + data.output).slice(-MAX_PENDING);
       for (const cb of this.outputListeners) cb(data.output);
       for (const w of [...this.waiters]) {
-        const hit = this.consume(w.pattern);
+        const hit = this.consume(w.pattern, w.partialLine);
         if (hit === undefined) continue;
         clearTimeout(w.timer);
         this.waiters.delete(w);

@@ -83,7 +83,7 @@ class VMControlData(_Data):
     vmId: VmId
     action: Action
     force: bool = False
-    timeout: Annotated[float, Field(gt=0, le=3600)] | None = None
+    timeout: Annotated[float, Field(ge=0, le=3600)] | None = None  # 0: kill at once, as `force`
 
 
 class TerminalConnectData(_Data):

@@ -51,6 +51,7 @@ from voidvm_server.errors import DriverError, InvalidStateError, StorageError
 log = logging.getLogger(__name__)
 GIB = 1024**3
 QMP_DRAIN_SECONDS = 2.0  # how long an exited QEMU's last QMP events may take to be read
+PASST_END_SECONDS = 2.0  # how long a killed passt may take to end (and free its SSH port)
 _FULL = (errno.ENOSPC, errno.EDQUOT)
 _READ_ONLY = (errno.EROFS, errno.EACCES, errno.EPERM)
 
@@ -120,6 +121,7 @@ class QemuDriver:
         self._on_console: ConsoleHandler = lambda vm_id, data: None
         self._tasks: set[asyncio.Task[None]] = set()
         self._console_endings: dict[str, asyncio.Task[None]] = {}  # consoles of exited QEMUs
+        self._passt_endings: dict[str, asyncio.Task[None]] = {}  # passts of exited QEMUs
 
     # -- paths -------------------------------------------------------------------------------
     def _paths(self, vm_id: str) -> RunPaths:
@@ -332,7 +334,7 @@ class QemuDriver:
             return
         if instance.passt is not None:  # it quits on its own at QEMU's end; make sure of it
             instance.passt.kill()
-            instance.passt.close()
+            self._passt_endings[vm_id] = self._spawn(self._end_passt(instance.passt))
         if instance.console is not None:
             self._console_endings[vm_id] = self._spawn(instance.console.finish(QMP_DRAIN_SECONDS))
         if instance.expect_exit or instance.guest_shutdown:
@@ -389,13 +391,29 @@ class QemuDriver:
             return
         instance.expect_exit = True
         instance.watcher.kill()
-        await instance.watcher.wait(10)
+        if await instance.watcher.wait(10):
+            await self._passt_ended(vm_id)
 
     async def wait_exit(self, vm_id: str, timeout: float) -> bool:
         instance = self._instances.get(vm_id)
-        if instance is None:
-            return True
-        return await instance.watcher.wait(timeout)
+        if instance is not None and not await instance.watcher.wait(timeout):
+            return False
+        await self._passt_ended(vm_id)
+        return True
+
+    async def _end_passt(self, passt: PasstProcess) -> None:
+        try:
+            if not await passt.wait_gone(PASST_END_SECONDS):
+                log.warning("passt %d has not ended %gs after its SIGKILL", passt.pid, PASST_END_SECONDS)
+        finally:
+            passt.close()
+
+    async def _passt_ended(self, vm_id: str) -> None:
+        """Once an ended VM's passt is gone too: a start right after (a restart) finds the VM's
+        SSH port free again."""
+        ending = self._passt_endings.pop(vm_id, None)
+        if ending is not None:
+            await asyncio.gather(ending, return_exceptions=True)
 
     async def _change(self, vm_id: str, command: str) -> None:
         """A state-changing command, sent only once QEMU has answered a harmless query: a command

@@ -99,6 +99,23 @@ class PasstProcess:
             with contextlib.suppress(ProcessLookupError):
                 signal.pidfd_send_signal(self._fd, signal.SIGKILL)
 
+    async def wait_gone(self, timeout: float) -> bool:
+        """True once the process has ended (its pidfd turns readable) within `timeout` s: its
+        sockets, the SSH forward's among them, are closed by then."""
+        if self._fd is None:
+            return True
+        loop = asyncio.get_running_loop()
+        gone = asyncio.Event()
+        loop.add_reader(self._fd, gone.set)
+        try:
+            async with asyncio.timeout(timeout):
+                await gone.wait()
+        except TimeoutError:
+            return False
+        finally:
+            loop.remove_reader(self._fd)
+        return True
+
     def close(self) -> None:
         if self._fd is not None:
             os.close(self._fd)

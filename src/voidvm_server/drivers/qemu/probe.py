@@ -18,7 +18,11 @@ import logging
 import os
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
+
+from voidvm_server.drivers.qemu.process import run_tool
+from voidvm_server.errors import DriverError
 
 log = logging.getLogger(__name__)
 
@@ -75,16 +79,46 @@ async def _boot_probe(qemu_binary: str, accel: str) -> float | None:
             await proc.wait()
 
 
-async def choose_accel(requested: str, qemu_binary: str, qemu_version: str, data_dir: Path) -> str:
+@dataclass(frozen=True)
+class AccelChoice:
+    """The accelerator and why: `reason` is what `voidvm-server doctor` shows."""
+
+    accel: str
+    reason: str
+
+
+def _probe_reason(kvm: float | None, tcg: float | None) -> str:
+    if kvm is None:
+        return (
+            "/dev/kvm opens but the KVM probe guest did not boot "
+            f"(QEMU failed or gave no answer within {PROBE_TIMEOUT:g} s)"
+        )
+    tcg_text = f"{tcg:.2f} s" if tcg is not None else "no answer"
+    if kvm_is_fast_enough(kvm, tcg):
+        return f"KVM booted the probe guest in {kvm:.2f} s (TCG: {tcg_text})"
+    return (
+        f"/dev/kvm opens but KVM booted the probe guest in {kvm:.2f} s against {tcg_text} under TCG "
+        f"(more than {KVM_SLOWDOWN_ALLOWED:g}x slower: nested virtualisation?)"
+    )
+
+
+def _seconds(value: object) -> float | None:
+    return float(value) if isinstance(value, int | float) else None
+
+
+async def probe_accel(requested: str, qemu_binary: str, qemu_version: str, data_dir: Path) -> AccelChoice:
+    """Choose as the module docstring says, and say why (from the cached probe when it holds)."""
     if requested in {"kvm", "tcg"}:
-        return requested
+        return AccelChoice(requested, f"requested (accel = {requested})")
     if not kvm_device_usable():
-        return "tcg"
+        return AccelChoice("tcg", "/dev/kvm is absent or not permitted")
     cache = data_dir / CACHE_FILE
-    with contextlib.suppress(OSError, ValueError, KeyError):
+    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
         cached = json.loads(cache.read_text())
         if cached["qemu_version"] == qemu_version and cached.get("rule") == RULE:
-            return str(cached["accel"])
+            kvm, tcg = _seconds(cached.get("kvm_seconds")), _seconds(cached.get("tcg_seconds"))
+            reason = _probe_reason(kvm, tcg) if "kvm_seconds" in cached else "probed earlier"
+            return AccelChoice(str(cached["accel"]), f"{reason} (cached in {cache})")
     kvm, tcg = await _best_times(qemu_binary)
     accel = "kvm" if kvm_is_fast_enough(kvm, tcg) else "tcg"
     if kvm is None:
@@ -99,7 +133,20 @@ async def choose_accel(requested: str, qemu_binary: str, qemu_version: str, data
     data_dir.mkdir(parents=True, exist_ok=True)
     cache.write_text(json.dumps({"qemu_version": qemu_version, "rule": RULE, "accel": accel,
                                  "kvm_seconds": kvm, "tcg_seconds": tcg}))  # fmt: skip
-    return accel
+    return AccelChoice(accel, _probe_reason(kvm, tcg))
+
+
+async def choose_accel(requested: str, qemu_binary: str, qemu_version: str, data_dir: Path) -> str:
+    return (await probe_accel(requested, qemu_binary, qemu_version, data_dir)).accel
+
+
+async def qemu_system_version(qemu_binary: str) -> str:
+    """The first line of `qemu-system-… --version` ("QEMU emulator version 7.2.22 (…)")."""
+    try:
+        out = await run_tool([qemu_binary, "--version"], timeout=10, error="qemu-system failed")
+    except (FileNotFoundError, PermissionError, DriverError):
+        return "unavailable"
+    return out.splitlines()[0] if out else "unknown"
 
 
 async def _best_times(qemu_binary: str) -> tuple[float | None, float | None]:

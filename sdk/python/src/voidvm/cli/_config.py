@@ -6,13 +6,15 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from .._errors import VoidVMError
 
-__all__ = ["ConfigError", "ConfigStore", "StoredLogin", "default_config_path"]
+__all__ = ["ConfigError", "ConfigStore", "StoredLogin", "default_config_path", "stored_login"]
 
 
 def default_config_path(env: Mapping[str, str] | None = None) -> Path:
@@ -27,6 +29,22 @@ class StoredLogin:
     url: str | None = None
     token: str | None = None
     username: str | None = None
+    #: Single use: the CLI trades it for a new token (and a new refresh token) once the token
+    #: has expired, so a login lasts the refresh token's lifetime rather than the token's.
+    refresh_token: str | None = None
+    expires_at: float | None = None  # epoch seconds
+
+
+def stored_login(url: str, username: str | None, result: Mapping[str, Any]) -> StoredLogin:
+    """What to keep of a login or refresh answer."""
+    expires_in = result.get("expires_in")
+    return StoredLogin(
+        url=url,
+        token=str(result["token"]),
+        username=username,
+        refresh_token=_str_or_none(result.get("refresh_token")),
+        expires_at=time.time() + expires_in if isinstance(expires_in, int | float) else None,
+    )
 
 
 class ConfigStore:
@@ -48,6 +66,10 @@ class ConfigStore:
             url=_str_or_none(raw.get("url")),
             token=_str_or_none(raw.get("token")),
             username=_str_or_none(raw.get("username")),
+            refresh_token=_str_or_none(raw.get("refresh_token")),
+            expires_at=raw.get("expires_at")
+            if isinstance(raw.get("expires_at"), int | float)
+            else None,
         )
 
     def save(self, login: StoredLogin) -> None:
@@ -71,6 +93,10 @@ class ConfigError(VoidVMError):
     """The config file exists but cannot be used."""
 
     default_code = "CONFIG_ERROR"
+
+
+def _number_or_none(value: object) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
 def _str_or_none(value: object) -> str | None:

@@ -6,10 +6,24 @@ from typing import Annotated
 
 import typer
 
-__all__ = ["JsonOpt", "VmIdArg", "WaitOpt", "YesOpt"]
+from ._complete import complete_image, complete_token, complete_user, complete_vm
+
+__all__ = ["ImageArg", "JsonOpt", "QuietOpt", "TokenArg", "UserArg", "VmArg", "WaitOpt", "YesOpt"]
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")]
-VmIdArg = Annotated[str, typer.Argument(help="The VM id (vm-…).", show_default=False)]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Print ids only.")]
+VmArg = Annotated[
+    str, typer.Argument(help="VM name or id.", show_default=False, autocompletion=complete_vm)
+]
+ImageArg = Annotated[
+    str, typer.Argument(help="Image name or id.", show_default=False, autocompletion=complete_image)
+]
+UserArg = Annotated[
+    str, typer.Argument(help="Username or id.", show_default=False, autocompletion=complete_user)
+]
+TokenArg = Annotated[
+    str, typer.Argument(help="Token name or id.", show_default=False, autocompletion=complete_token)
+]
 WaitOpt = Annotated[
     bool,
     typer.Option("--wait/--no-wait", help="Wait until the VM reaches the target state."),

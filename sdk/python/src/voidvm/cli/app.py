@@ -3,42 +3,30 @@
 from __future__ import annotations
 
 from typing import Annotated, Any
-from urllib.parse import urlsplit, urlunsplit
 
 import typer
 from typer.core import TyperGroup
 
-from .._errors import AuthenticationError, VoidVMError
+from .._errors import VoidVMError
 from .._version import __version__
-from . import image, system, vm
-from ._config import StoredLogin
+from . import account, audit, image, server_config, system, token, user, vm
+from ._complete import SHELLS, completion_script, register_shells
 from ._exit_codes import ExitCode, exit_code_for
 from ._output import Output
-from ._params import JsonOpt
-from ._state import CliDeps, CliState, state_of
+from ._state import CliDeps, CliState, normalize_api_url
 
 __all__ = ["main", "make_app", "normalize_api_url"]
 
 _HELP = (
-    "Manage VoidVM virtual machines from the terminal. Exit codes: 0 ok, 1 error, "
-    "2 usage or rejected input, 3 authentication, 4 not found, 5 conflict, "
-    "6 forbidden or over quota, 7 rate limited, 8 server error, 9 connection, "
-    "10 timed out waiting, 130 interrupted."
+    "Manage VoidVM virtual machines from the terminal. VMs, images, users and tokens are "
+    "named by name or id. Exit codes: 0 ok, 1 error, 2 usage or rejected input, "
+    "3 authentication, 4 not found, 5 conflict, 6 forbidden or over quota, 7 rate limited, "
+    "8 server error, 9 connection, 10 timed out waiting, 130 interrupted."
 )
 
 
-def normalize_api_url(url: str) -> str:
-    """Accept ``http://host:3000`` as well as ``http://host:3000/api/v1``."""
-    url = url.strip().rstrip("/")
-    if "://" not in url:
-        url = f"http://{url}"
-    parts = urlsplit(url)
-    path = parts.path or "/api/v1"
-    return urlunsplit((parts.scheme, parts.netloc, path, "", ""))
-
-
 class _ErrorMappingGroup(TyperGroup):
-    """Turns SDK errors raised by any command into a message and an exit code."""
+    """Turns SDK errors raised by any command into one line and an exit code."""
 
     def invoke(self, ctx: Any) -> Any:
         try:
@@ -57,16 +45,31 @@ def _print_version(value: bool) -> None:
         raise typer.Exit()
 
 
+def completion(
+    shell: Annotated[str, typer.Argument(help="bash, zsh or fish.", show_default=False)],
+) -> None:
+    """Print the shell completion script. bash: `source <(voidvm completion bash)`; zsh:
+    `voidvm completion zsh > "${fpath[1]}/_voidvm"`; fish: `voidvm completion fish >
+    ~/.config/fish/completions/voidvm.fish`."""
+    if shell not in SHELLS:
+        raise typer.BadParameter(f"choose one of {', '.join(SHELLS)}", param_hint="SHELL")
+    typer.echo(completion_script(shell))
+
+
 def make_app(deps: CliDeps | None = None) -> typer.Typer:
     """Build the CLI. ``deps`` decides how clients are made and where the login is
     stored (tests pass a factory that injects an ``httpx.MockTransport``)."""
     resolved = deps or CliDeps()
+    register_shells()
     app = typer.Typer(
         cls=_ErrorMappingGroup,
         help=_HELP,
         no_args_is_help=True,
         add_completion=False,
         pretty_exceptions_show_locals=False,
+        rich_markup_mode=None,
+        # Shell completion runs without the root callback: it finds the deps here.
+        context_settings={"obj": resolved, "max_content_width": 80},
     )
 
     @app.callback()
@@ -80,71 +83,28 @@ def make_app(deps: CliDeps | None = None) -> typer.Typer:
             str | None,
             typer.Option("--token", envvar="VOIDVM_TOKEN", help="Bearer or API token."),
         ] = None,
+        json_: Annotated[bool, typer.Option("--json", help="JSON output.")] = False,
+        quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Ids only.")] = False,
         version: Annotated[
             bool,
             typer.Option("--version", callback=_print_version, is_eager=True, help="Show version."),
         ] = False,
     ) -> None:
         state = CliState(resolved, normalize_api_url(url) if url else None, token)
+        state.output.json_mode, state.output.quiet = json_, quiet
         ctx.obj = state
         ctx.call_on_close(state.close)
 
-    app.command("login")(login)
-    app.command("logout")(logout)
+    account.register(app)
     app.add_typer(vm.app, name="vm")
     app.add_typer(image.app, name="image")
+    app.add_typer(user.app, name="user")
+    app.add_typer(token.app, name="token")
+    app.add_typer(server_config.app, name="config")
+    app.command("audit")(audit.audit)
     app.add_typer(system.app, name="system")
+    app.command("completion")(completion)
     return app
-
-
-def login(
-    ctx: typer.Context,
-    url: Annotated[str | None, typer.Option("--url", help="API base URL.")] = None,
-    username: Annotated[str | None, typer.Option("--username", "-u")] = None,
-    password: Annotated[
-        str | None, typer.Option("--password", "-p", help="Prompted if omitted.")
-    ] = None,
-    json_: JsonOpt = False,
-) -> None:
-    """Log in and store the token in the user's config directory (mode 0600)."""
-    state = state_of(ctx)
-    state.output.json_mode = json_
-    stored = state.stored()
-    if url is None:
-        url = state.url_override or typer.prompt("VoidVM API URL", default=state.url)
-    base_url = normalize_api_url(url)
-    if username is None:
-        username = typer.prompt("Username", default=stored.username or "admin")
-    if password is None:
-        password = typer.prompt("Password", hide_input=True)
-    client = state.deps.client_factory(base_url, None)
-    try:
-        with state.output.spinner(f"Logging in to {base_url}…"):
-            result = client.auth.login(username, password)
-    finally:
-        client.close()
-    state.store.save(StoredLogin(url=base_url, token=result.token, username=username))
-    state.output.message(f"Logged in to {base_url} as {username} (saved to {state.store.path})")
-    if json_:
-        state.output.json({"url": base_url, "username": username, "user": result.get("user")})
-
-
-def logout(ctx: typer.Context) -> None:
-    """Revoke the stored token and forget it."""
-    state = state_of(ctx)
-    stored = state.stored()
-    if stored.token is None:
-        state.output.message("Not logged in.")
-        return
-    client = state.deps.client_factory(stored.url or state.url, stored.token)
-    try:
-        client.auth.logout()
-    except AuthenticationError:
-        pass  # already revoked or expired: forgetting it is all that is left
-    finally:
-        client.close()
-    state.store.save(StoredLogin(url=stored.url, username=stored.username))
-    state.output.message("Logged out.")
 
 
 def main() -> None:
