@@ -48,7 +48,9 @@ def local_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerPro
         if IN_CI:
             pytest.fail(reason)
         pytest.skip(reason)
-    server = spawn_server(tmp_path_factory.mktemp("local"))
+    # Many tests share this server's admin: the default 100 requests a minute per user would make
+    # them wait on each other (rate limits have their own tests, and test_cli_live sets one per user).
+    server = spawn_server(tmp_path_factory.mktemp("local"), env={"VOIDVM_RATE_LIMIT": "100000/minute"})
     try:
         yield server
         server.delete_every_vm(server.login())
