@@ -8,6 +8,8 @@ VoidVMError
  ├── NotFoundError              VM_NOT_FOUND, USER_NOT_FOUND, IMAGE_NOT_FOUND, ...
  ├── ConflictError              NAME_CONFLICT, IMAGE_IN_USE, ...
  │    └── InvalidStateError     VM_ALREADY_RUNNING, VM_NOT_RUNNING, INVALID_STATE, ...
+ │         ├── IllegalTransitionError  a state change the transition table forbids (a bug if seen)
+ │         └── ConcurrentChangeError   the state changed under a compare-and-set
  ├── TooManyRequestsError       RATE_LIMIT_EXCEEDED, TOO_MANY_ATTEMPTS
  ├── StorageError               STORAGE_FULL, STORAGE_READ_ONLY (the host's VM storage)
  │    └── InsufficientStorageError  INSUFFICIENT_STORAGE (free space under the reserve)
@@ -86,6 +88,23 @@ class InvalidStateError(ConflictError):
     def __init__(self, message: str, *, code: str | None = None, current: str) -> None:
         super().__init__(message, code=code, details={"current_status": current})
         self.current = current
+
+
+class IllegalTransitionError(InvalidStateError):
+    """A move the VM state machine (`domain/states.py`) does not allow."""
+
+    def __init__(self, current: str, target: str) -> None:
+        super().__init__(f"A VM cannot go from {current} to {target}", current=current)
+        self.target = target
+
+
+class ConcurrentChangeError(InvalidStateError):
+    """Another writer changed the VM's state between our read and our write: nothing was written."""
+
+    code = "OPERATION_IN_PROGRESS"
+
+    def __init__(self, current: str) -> None:
+        super().__init__(f"The VM changed meanwhile (it is {current}); try again", current=current)
 
 
 class TooManyRequestsError(VoidVMError):

@@ -142,3 +142,29 @@ async def test_kill_in_the_middle_of_a_delete_finishes_the_delete(servers: Serve
         response = await http.client.get(f"/vms/{vm_id}")
         assert response.status_code == 404
         assert (await http.usage())["vms"] == 2
+
+
+async def test_a_background_start_killed_halfway_ends_its_operation_failed(servers: ServerFactory) -> None:
+    """`wait: false` answers before the spawn; a kill -9 then must not leave the operation
+    `running` for good: the next start says it was cut short."""
+    server = await servers()
+    await server.start()
+    async with server.api() as http:
+        vm_id = (await http.create_vm("in-the-background"))["id"]
+    server.stop()
+    await server.start(VOIDVM_TEST_PAUSE_AT="before-spawn")
+    async with server.api() as http:
+        accepted = await http.client.post(f"/vms/{vm_id}/start", json={"wait": False})
+        assert accepted.status_code == 202, accepted.text
+        op_id = accepted.json()["operation"]["id"]
+        await asyncio.to_thread(server.wait_marker, "before-spawn")
+        assert (await http.client.get(f"/operations/{op_id}")).json()["data"]["status"] == "running"
+    server.kill9()
+    assert qemu_pids(vm_id) == []
+    await server.start()
+    async with server.api() as http:
+        op = (await http.client.get(f"/operations/{op_id}/wait?timeout=0")).json()["data"]
+        assert op["status"] == "failed" and op["error"]["code"] == "INTERRUPTED", op
+        assert op["finished_at"] is not None
+        assert (await http.vm(vm_id))["status"] == "error"
+        await assert_consistent(http, server.data_dir)

@@ -3,7 +3,6 @@ running VMs (with one VM's QEMU killed while the server was down)."""
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 import time
@@ -233,7 +232,7 @@ async def late_exit(api: Api, vm_id: str) -> Callable[[], Awaitable[None]]:
 
     async def report() -> None:
         driver._on_exit(vm_id, False, "the QEMU process exited unexpectedly")
-        await asyncio.gather(*list(api.container.vms._tasks))
+        await api.container.tasks.wait_idle()
 
     return report
 

@@ -158,7 +158,7 @@ async def test_a_pause_reported_for_a_vm_stopped_meanwhile_changes_nothing(
     created = await api.client.post("/api/v1/vms", json=BODY, headers=auth(admin_token))
     vm_id = created.json()["data"]["id"]
     await api.container.vms._record_pause(vm_id, DISK_FULL_REASON)
-    vm = await api.container.vms._reload(vm_id)
+    vm = await api.container.vms.state.reload(vm_id)
     assert (vm.status, vm.status_reason) == (VMStatus.STOPPED, None)
 
 
@@ -182,8 +182,8 @@ async def test_a_vm_found_paused_by_a_full_disk_after_a_restart_is_paused_with_t
     driver = IoErrorDriver(Path("/nonexistent"))
     driver.running[vm_id] = "paused"
     svc.driver = driver
-    await svc.recovery.reconcile_one(await svc._reload(vm_id))
-    vm = await svc._reload(vm_id)
+    await svc.recovery.reconcile_one(await svc.state.reload(vm_id))
+    vm = await svc.state.reload(vm_id)
     assert (vm.status, vm.status_reason, vm.pid) == (VMStatus.PAUSED, DISK_FULL_REASON, 4242)
 
 

@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from voidvm_server.persistence.engine import downgrade, upgrade
 from voidvm_server.persistence.tables import Base
 
-TABLES = {"users", "api_tokens", "revoked_sessions", "images", "vms", "audit_log", "config"}
+TABLES = {"users", "api_tokens", "revoked_sessions", "images", "vms", "audit_log", "config", "operations"}
 
 
 async def _tables(url: str) -> set[str]:

@@ -8,7 +8,6 @@ a field added to (or dropped from) a presenter without the model fails this test
 
 from __future__ import annotations
 
-import asyncio
 import re
 from typing import Any
 
@@ -18,6 +17,7 @@ from pydantic import BaseModel, ValidationError
 
 from tests.conftest import Api, auth
 from voidvm_server.api.response_models import (
+    AcceptedEnvelope,
     ApiTokenList,
     AuditLogList,
     ConsoleLog,
@@ -32,6 +32,8 @@ from voidvm_server.api.response_models import (
     ImagePublic,
     LiveConfig,
     LoginEnvelope,
+    OperationList,
+    OperationPublic,
     PermissionList,
     ReadyStatus,
     RoleList,
@@ -198,11 +200,17 @@ async def test_every_success_answer_matches_its_declared_model(
         assert ticket["type"] == kind
     for action in ("pause", "resume", "restart", "reset", "stop"):
         check(await c.post(f"{vm_url}/{action}", json={"force": True}, headers=admin), Envelope[VMPublic])
-    check(await c.post(f"{vm_url}/start", json={"wait": False}, headers=admin), Envelope[VMPublic], 202)
-    for _ in range(100):  # the accepted start finishes in the background
-        if (await c.get(vm_url, headers=admin)).json()["data"]["status"] == "running":
-            break
-        await asyncio.sleep(0.05)
+    accepted = await c.post(f"{vm_url}/start", json={"wait": False}, headers=admin)
+    check(accepted, AcceptedEnvelope[VMPublic], 202)
+    op_url = accepted.headers["location"]
+    assert op_url == f"/api/v1/operations/{accepted.json()['operation']['id']}"
+    check(await c.get(op_url, headers=admin), Envelope[OperationPublic])
+    done = check(await c.get(f"{op_url}/wait?timeout=30", headers=admin), Envelope[OperationPublic])
+    assert done["status"] == "succeeded" and done["result"] == {"vm_id": vm["id"], "status": "running"}
+    listed = check(await c.get("/api/v1/operations?type=vm.start", headers=admin), Envelope[OperationList])
+    assert [op["id"] for op in listed["operations"]] == [done["id"]]
+    check.error(await c.delete(op_url, headers=admin), 409, "NOT_CANCELLABLE")
+    check.seen.add("DELETE /api/v1/operations/{operation_id}")  # its 200: tests/unit/test_operations.py
     deleted = check(await c.delete(f"{vm_url}?force=true", headers=admin), Envelope[DeletedVM])
     assert deleted == {"id": vm["id"]}
 

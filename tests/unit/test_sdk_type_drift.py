@@ -51,6 +51,9 @@ TS_ANSWERS = {
     "ErrorEnvelope": "ErrorEnvelope",
     "ErrorBody": "ErrorBody",
     "FieldError": "FieldError",
+    "Operation": "OperationPublic",
+    "OperationList": "OperationList",
+    "OperationError": "OperationError",
 }
 # TypeScript interface -> component schema of a request body.
 TS_BODIES = {
@@ -68,10 +71,12 @@ TS_QUERIES = {
     "UserListParams": ("get", "/api/v1/users"),
     "AuditLogParams": ("get", "/api/v1/logs"),
     "DeleteVMOptions": ("delete", "/api/v1/vms/{vm_id}"),
+    "OperationListParams": ("get", "/api/v1/operations"),
 }
 # Python SDK record (voidvm.X) -> component schema of an answer.
 PY_ANSWERS = {
     "VM": "VMPublic",
+    "Operation": "OperationPublic",
     "VMStatus": "VMLiveStatus",
     "VMMetrics": "VMMetrics",
     "ConsoleLog": "ConsoleLog",

@@ -215,3 +215,25 @@ async def test_vm_metrics_and_system_monitor_push_samples_until_unsubscribed(
         await asyncio.sleep(1.5)  # longer than the interval: nothing may arrive (absence has no event)
         pong = await ws.request("ping", {}, "pong")
         assert [m["type"] for m in ws.seen[count:]] == ["pong"] and pong
+
+
+async def test_the_operations_topic_pushes_every_change_of_the_users_own_operations(
+    ws_fake: WsServer, admin: str
+) -> None:
+    bob = await ws_fake.create_user(admin, "bob-ops")
+    vm_id = await ws_fake.create_vm(admin, "events-ops")
+    async with ws_fake.events(admin) as ws, ws_fake.events(bob) as bobs:
+        ack = await ws.request("subscribe", {"topic": "operations"}, "subscribed")
+        assert ack["data"]["topic"] == "operations"
+        await bobs.request("subscribe", {"topic": "operations"}, "subscribed")
+        accepted = await ws_fake.http.post(
+            f"/api/v1/vms/{vm_id}/start", json={"wait": False}, headers={"Authorization": f"Bearer {admin}"}
+        )
+        op_id = accepted.json()["operation"]["id"]
+        done = await ws.expect("operation", lambda m: m["data"]["status"] == "succeeded")
+        assert done["data"]["id"] == op_id and done["data"]["result"]["status"] == "running"
+        changes = [m["data"]["status"] for m in ws.seen if m["type"] == "operation"]
+        assert changes == ["running", "succeeded"]
+        assert not any(m["type"] == "vm-status" for m in ws.seen)  # this topic carries operations only
+        await bobs.request("ping", {}, "pong")
+        assert not any(m["type"] == "operation" for m in bobs.seen)  # not bob's

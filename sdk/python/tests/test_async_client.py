@@ -5,8 +5,8 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from voidvm import AsyncVoidVMClient, NotFoundError, RateLimitError
-from voidvm_testkit import FakeAPI, fail, json_body, ok, vm
+from voidvm import AsyncVoidVMClient, ConflictError, NotFoundError, RateLimitError, WaitTimeoutError
+from voidvm_testkit import FakeAPI, accepted, fail, json_body, ok, operation, vm
 
 BASE = "http://localhost:3000/api/v1"
 
@@ -82,3 +82,43 @@ async def test_failed_login_raises_and_closes() -> None:
     with pytest.raises(Exception) as caught:
         await AsyncVoidVMClient.login(BASE, "admin", "bad", transport=api.transport)
     assert getattr(caught.value, "code", None) == "INVALID_CREDENTIALS"
+
+
+async def test_async_operations_wait_list_and_cancel() -> None:
+    op_id = "op-00000000000c"
+    api = FakeAPI()
+    api.on("POST", "/vms/vm-1/restart", accepted(vm("vm-1", "rebooting"), operation(op_id)))
+    api.on(
+        "GET",
+        f"/operations/{op_id}/wait",
+        ok(operation(op_id)),
+        ok(operation(op_id, "succeeded", result={"vm_id": "vm-1", "status": "running"})),
+    )
+    api.on(
+        "GET",
+        "/operations",
+        ok(
+            {
+                "operations": [operation(op_id, "succeeded")],
+                "pagination": {"page": 1, "limit": 100, "total": 1, "pages": 1},
+            }
+        ),
+    )
+    api.on("DELETE", f"/operations/{op_id}", fail(409, "NOT_CANCELLABLE", "finished"))
+    api.on("GET", "/operations/op-00000000000d/wait", ok(operation("op-00000000000d")))
+    async with AsyncVoidVMClient(base_url=BASE, token="t", transport=api.transport) as client:
+        restarting = await client.vms.restart("vm-1", wait=False)
+        done = await client.operations.wait(restarting.operation, timeout=30)
+        listed = await client.operations.list(type="vm.restart")
+        with pytest.raises(ConflictError):
+            await client.operations.cancel(done)
+        with pytest.raises(WaitTimeoutError):
+            await client.operations.wait("op-00000000000d", timeout=0)
+
+    assert restarting.status == "rebooting" and restarting.operation.id == op_id
+    assert done.succeeded and done.result.vm_id == "vm-1"
+    polls = [float(r.url.params["timeout"]) for r in api.requests[1:3]]
+    assert polls == pytest.approx([30, 30], abs=1)  # at most the time left of the 30 s
+    assert [op.id for op in listed] == [op_id]
+    assert api.requests[3].url.params["type"] == "vm.restart"
+    assert json_body(api.requests[0]) == {"wait": False}

@@ -17,7 +17,7 @@ from voidvm import VoidVMClient
 from voidvm.cli import CliDeps, ExitCode, make_app
 from voidvm.cli._config import ConfigStore, StoredLogin, default_config_path
 from voidvm.cli.app import normalize_api_url
-from voidvm_testkit import FakeAPI, fail, json_body, ok, vm
+from voidvm_testkit import FakeAPI, accepted, fail, json_body, ok, operation, vm
 
 URL = "http://vm.test:3000/api/v1"
 
@@ -467,3 +467,248 @@ def test_an_expired_stored_token_is_refreshed_once_and_saved(cli: Harness) -> No
         and saved.expires_at
         and saved.expires_at > 1e9
     )
+
+
+# -- operations ---------------------------------------------------------------------------------
+
+OP = "op-00000000000a"
+
+
+def op_page(*ops: dict[str, Any], pages: int = 1) -> httpx.Response:
+    pagination = {"page": 1, "limit": 20, "total": len(ops) * pages, "pages": pages}
+    return ok({"operations": list(ops), "pagination": pagination})
+
+
+def test_operation_list_shows_a_table_and_passes_the_filters(cli: Harness) -> None:
+    cli.api.on("GET", "/vms", vm_page(vm("vm-00000000000a", name="web")))
+    cli.api.on(
+        "GET",
+        "/operations",
+        op_page(
+            operation(OP, type="image.import", resource_id="img-00000000000b", progress=42),
+            operation("op-00000000000b", "failed", resource_id="vm-00000000000a"),
+            pages=2,
+        ),
+    )
+    result = cli.run(
+        "operation", "ls", "--status", "running", "--type", "vm.start", "--resource", "web",
+        env=AUTH_ENV,
+    )  # fmt: skip
+
+    assert result.exit_code == 0, result.output
+    header, first, second = result.stdout.splitlines()
+    assert header.split() == ["ID", "TYPE", "STATUS", "PROGRESS", "RESOURCE", "AGE"]
+    assert first.split()[:5] == [OP, "image.import", "running", "42%", "img-00000000000b"]
+    assert second.split()[:5] == ["op-00000000000b", "vm.start", "failed", "-", "vm-00000000000a"]
+    assert first.split()[5].endswith("d")  # created long ago: days
+    assert dict(cli.api.last.url.params) == {
+        "page": "1",
+        "limit": "20",
+        "status": "running",
+        "type": "vm.start",
+        "resource_id": "vm-00000000000a",
+    }
+    assert "2 operations" in result.stderr and "More on --page 2" in result.stderr
+
+
+def test_operation_list_quiet_and_json_and_the_op_alias(cli: Harness) -> None:
+    cli.api.on("GET", "/operations", op_page(operation(OP), operation("op-00000000000b")))
+    quiet = cli.run("op", "ls", "-q", env=AUTH_ENV)
+    as_json = cli.run("operation", "list", "--json", "--limit", "5", "--page", "3", env=AUTH_ENV)
+
+    assert quiet.exit_code == 0, quiet.output
+    assert quiet.stdout.split() == [OP, "op-00000000000b"] and quiet.stderr == ""
+    assert as_json.exit_code == 0, as_json.output
+    assert [op["status"] for op in json.loads(as_json.stdout)] == ["running", "running"]
+    assert (cli.api.last.url.params["limit"], cli.api.last.url.params["page"]) == ("5", "3")
+
+
+def test_operation_show_takes_an_id_prefix(cli: Harness) -> None:
+    cli.api.on("GET", "/operations", op_page(operation(OP), operation("op-0b0000000000")))
+    cli.api.on("GET", f"/operations/{OP}", ok(operation(OP, "succeeded", result={"image_id": "i"})))
+    result = cli.run("op", "show", "0000", env=AUTH_ENV)
+    ambiguous = cli.run("op", "show", "0", env=AUTH_ENV)
+
+    assert result.exit_code == 0, result.output
+    assert cli.api.paths()[1] == f"GET /api/v1/operations/{OP}"
+    assert "result.image_id" in result.stdout and "succeeded" in result.stdout
+    assert cli.api.requests[0].url.params["limit"] == "100"
+    assert ambiguous.exit_code == ExitCode.USAGE and "AMBIGUOUS_NAME" in ambiguous.stderr
+
+
+def test_operation_wait_succeeds_and_prints_the_operation_with_json(cli: Harness) -> None:
+    cli.api.on(
+        "GET",
+        f"/operations/{OP}/wait",
+        ok(operation(OP, progress=50)),
+        ok(operation(OP, "succeeded")),
+    )
+    result = cli.run("op", "wait", OP, "--json", env=AUTH_ENV)
+
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["status"] == "succeeded"
+    assert [r.url.path for r in cli.api.requests] == [f"/api/v1/operations/{OP}/wait"] * 2
+
+
+@pytest.mark.parametrize(
+    ("ended", "code", "line"),
+    [
+        (
+            operation(OP, "failed", error={"code": "VALIDATION_ERROR", "message": "bad url"}),
+            ExitCode.USAGE,
+            f"Error: VALIDATION_ERROR: bad url (operation: {OP})",
+        ),
+        (
+            operation(OP, "failed", error={"code": "HYPERVISOR_TIMEOUT", "message": "slow"}),
+            ExitCode.SERVER,
+            f"Error: HYPERVISOR_TIMEOUT: slow (operation: {OP})",
+        ),
+        (
+            operation(OP, "cancelled", type="image.pull"),
+            ExitCode.ERROR,
+            f"Error: OPERATION_CANCELLED: the image.pull operation was cancelled (operation: {OP})",
+        ),
+    ],
+)
+def test_operation_wait_exits_non_zero_when_it_did_not_succeed(
+    cli: Harness, ended: dict[str, Any], code: ExitCode, line: str
+) -> None:
+    cli.api.on("GET", f"/operations/{OP}/wait", ok(ended))
+    result = cli.run("operation", "wait", OP, env=AUTH_ENV)
+    assert result.exit_code == code
+    assert result.stderr.strip() == line
+    assert result.stdout == ""
+
+
+def test_operation_wait_times_out_with_exit_10(cli: Harness) -> None:
+    cli.api.on("GET", f"/operations/{OP}/wait", ok(operation(OP)))
+    result = cli.run("op", "wait", OP, "--timeout", "0", env=AUTH_ENV)
+    assert result.exit_code == ExitCode.TIMEOUT == 10
+    assert result.stderr.strip() == (
+        f"Error: WAIT_TIMEOUT: the vm.start operation is still running after 0 s (operation: {OP})"
+    )
+
+
+def test_operation_cancel(cli: Harness) -> None:
+    cli.api.on("DELETE", f"/operations/{OP}", ok(operation(OP, "cancelled", type="image.pull")))
+    done = cli.run("op", "cancel", OP, "-q", env=AUTH_ENV)
+    cli.api.on("DELETE", f"/operations/{OP}", fail(409, "NOT_CANCELLABLE", "it has succeeded"))
+    refused = cli.run("op", "cancel", OP, env=AUTH_ENV)
+
+    assert done.exit_code == 0, done.output
+    assert done.stdout.strip() == OP
+    assert cli.api.requests[0].method == "DELETE"
+    assert refused.exit_code == ExitCode.CONFLICT
+    assert refused.stderr.strip() == "Error: NOT_CANCELLABLE: it has succeeded"
+
+
+def test_vm_actions_without_waiting_print_the_operation_id(cli: Harness) -> None:
+    cli.api.on(
+        "POST",
+        "/vms/vm-00000000000a/start",
+        accepted(vm("vm-00000000000a", "starting"), operation(OP, resource_id="vm-00000000000a")),
+    )
+    quiet = cli.run("vm", "start", "vm-00000000000a", "--no-wait", "-q", env=AUTH_ENV)
+    told = cli.run("vm", "start", "vm-00000000000a", "--no-wait", env=AUTH_ENV)
+    as_json = cli.run("vm", "start", "vm-00000000000a", "--no-wait", "--json", env=AUTH_ENV)
+
+    assert quiet.exit_code == 0, quiet.output
+    assert quiet.stdout.strip() == OP
+    assert json_body(cli.api.last) == {"wait": False}
+    assert told.stderr.strip() == f"vm-00000000000a: starting, operation {OP}"
+    shown = json.loads(as_json.stdout)
+    assert shown["status"] == "starting" and shown["operation"]["id"] == OP
+
+
+def test_image_import_from_a_url_follows_its_operation(cli: Harness) -> None:
+    image = {"id": "img-00000000000b", "name": "deb", "format": "qcow2"}
+    pull = operation(OP, type="image.import", resource_id="img-00000000000b", progress=0)
+    cli.api.on("POST", "/images", accepted({**image, "status": "downloading"}, pull))
+    cli.api.on(
+        "GET",
+        f"/operations/{OP}/wait",
+        ok({**pull, "progress": 50, "message": "1.0 MiB downloaded"}),
+        ok(operation(OP, "succeeded", type="image.import", result={"image_id": image["id"]})),
+    )
+    cli.api.on("GET", "/images/img-00000000000b", ok({**image, "status": "available"}))
+    result = cli.run(
+        "image", "import", "deb", "--url", "https://example.org/deb.qcow2", "--json", env=AUTH_ENV
+    )
+
+    assert result.exit_code == 0, result.output
+    assert json_body(cli.api.requests[0]) == {
+        "name": "deb",
+        "format": "qcow2",
+        "url": "https://example.org/deb.qcow2",
+        "wait": False,
+    }
+    assert cli.api.paths()[1:] == [
+        f"GET /api/v1/operations/{OP}/wait",
+        f"GET /api/v1/operations/{OP}/wait",
+        "GET /api/v1/images/img-00000000000b",
+    ]
+    assert json.loads(result.stdout)["status"] == "available"
+
+
+def test_a_failed_url_import_exits_with_its_error(cli: Harness) -> None:
+    pull = operation(OP, type="image.import", resource_id="img-00000000000b")
+    cli.api.on("POST", "/images", accepted({"id": "img-00000000000b"}, pull))
+    failed = {"code": "VALIDATION_ERROR", "message": "the download failed (ConnectError)"}
+    cli.api.on(
+        "GET",
+        f"/operations/{OP}/wait",
+        ok(operation(OP, "failed", type="image.import", error=failed)),
+    )
+    result = cli.run("image", "import", "deb", "--url", "https://x.test/deb.qcow2", env=AUTH_ENV)
+    assert result.exit_code == ExitCode.USAGE
+    assert result.stderr.strip() == (
+        f"Error: VALIDATION_ERROR: the download failed (ConnectError) (operation: {OP})"
+    )
+
+
+def test_image_import_as_the_default_waits_at_the_server(cli: Harness) -> None:
+    cli.api.on("POST", "/images", ok({"id": "img-00000000000b", "name": "deb"}, status=201))
+    result = cli.run(
+        "image", "import", "deb", "--url", "https://x.test/deb.qcow2", "--default", "-q",
+        env=AUTH_ENV,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert json_body(cli.api.last) == {
+        "name": "deb",
+        "format": "qcow2",
+        "url": "https://x.test/deb.qcow2",
+        "default": True,
+    }
+    assert result.stdout.strip() == "img-00000000000b"
+
+
+def test_the_operation_bar_shows_percent_and_message_on_a_terminal() -> None:
+    import io
+
+    from rich.console import Console
+
+    from voidvm.cli._output import Output
+
+    shown, hidden = Output(), Output(quiet=True)
+    screens = [io.StringIO(), io.StringIO()]
+    for output, screen in zip((shown, hidden), screens, strict=True):
+        output.err = Console(file=screen, force_terminal=True, width=80)
+        with output.operation("Importing deb") as update:
+            update(operation(OP, progress=None, message="starting"))
+            update(operation(OP, progress=42, message="12.5 MiB downloaded"))
+    assert "Importing deb" in screens[0].getvalue()
+    assert "42% 12.5 MiB downloaded" in screens[0].getvalue()
+    assert screens[1].getvalue() == ""
+
+
+def test_human_age() -> None:
+    from datetime import UTC, datetime
+
+    from voidvm.cli._output import human_age
+
+    now = datetime(2026, 12, 1, 12, 0, 0, tzinfo=UTC)
+    assert human_age("2026-12-01T11:59:15Z", now) == "45s"
+    assert human_age("2026-12-01T11:48:00Z", now) == "12m"
+    assert human_age("2026-12-01T09:00:00Z", now) == "3h"
+    assert human_age("2026-11-26T12:00:00Z", now) == "5d"
+    assert human_age(None, now) == "-"

@@ -7,8 +7,22 @@ from pathlib import Path
 import httpx
 import pytest
 
-from voidvm import VM, AsyncVoidVMClient, Page, RateLimitError, Record, VoidVMClient
-from voidvm_testkit import FakeAPI, fail, json_body, ok, vm
+from voidvm import (
+    VM,
+    AsyncVoidVMClient,
+    ConflictError,
+    Image,
+    NotFoundError,
+    Operation,
+    Page,
+    RateLimitError,
+    Record,
+    ValidationError,
+    VoidVMClient,
+    VoidVMError,
+    WaitTimeoutError,
+)
+from voidvm_testkit import FakeAPI, accepted, fail, json_body, ok, operation, vm
 
 BASE = "http://localhost:3000/api/v1"
 
@@ -374,3 +388,184 @@ async def test_async_upload_streams_an_open_file(tmp_path: Path) -> None:
             image = await client.images.upload(handle, name="k", format="raw")
     assert image.id == "img-k"
     assert api.last.content == b"\x7fELF"
+
+
+# -- operations ---------------------------------------------------------------------------------
+
+OP = "op-00000000000a"
+
+
+def operation_page(*ops: dict[str, object], page: int = 1, pages: int = 1) -> httpx.Response:
+    pagination = {"page": page, "limit": 2, "total": 2 * pages, "pages": pages}
+    return ok({"operations": list(ops), "pagination": pagination})
+
+
+def test_an_action_without_waiting_returns_the_vm_with_its_operation_to_wait_on() -> None:
+    api = FakeAPI()
+    api.on("POST", "/vms/vm-1/start", accepted(vm("vm-1", "starting"), operation(OP)))
+    api.on("GET", f"/operations/{OP}/wait", ok(operation(OP, "succeeded", result={"status": "x"})))
+    client = make_client(api)
+
+    started = client.vms.start("vm-1", wait=False)
+    done = client.operations.wait(started.operation)
+
+    assert isinstance(started, VM) and started.status == "starting"
+    assert isinstance(started.operation, Operation) and started["operation"].id == OP
+    assert not started.operation.finished
+    assert isinstance(done, Operation) and done.finished and done.succeeded
+    assert done.result.status == "x"
+    assert json_body(api.requests[0]) == {"wait": False}
+    assert api.last.url.path == f"/api/v1/operations/{OP}/wait"
+    assert float(api.last.url.params["timeout"]) == 30
+
+
+def test_an_action_that_waited_has_no_operation_key() -> None:
+    api = FakeAPI().on("POST", "/vms/vm-1/stop", ok(vm("vm-1", "stopped")))
+    stopped = make_client(api).vms.stop("vm-1")
+    assert stopped == vm("vm-1", "stopped")
+    assert "operation" not in stopped
+
+
+def test_an_image_url_import_without_waiting_carries_its_operation() -> None:
+    image = {"id": "img-00000000000b", "name": "deb", "status": "downloading"}
+    pull = operation(OP, type="image.import", resource_id="img-00000000000b", progress=5)
+    api = FakeAPI().on("POST", "/images", accepted(image, pull))
+
+    created = make_client(api).images.create(
+        name="deb", format="qcow2", url="https://example.org/deb.qcow2", wait=False
+    )
+
+    assert isinstance(created, Image) and created.status == "downloading"
+    assert created.operation.type == "image.import" and created.operation.progress == 5
+    assert created.operation.cancellable is True
+    assert json_body(api.last) == {
+        "name": "deb",
+        "format": "qcow2",
+        "url": "https://example.org/deb.qcow2",
+        "wait": False,
+    }
+
+
+def test_operations_list_get_and_cancel() -> None:
+    api = FakeAPI()
+    api.on(
+        "GET",
+        "/operations",
+        operation_page(operation("op-1"), operation("op-2"), pages=2),
+        operation_page(operation("op-3"), page=2, pages=2),
+    )
+    api.on("GET", f"/operations/{OP}", ok(operation(OP, "running", progress=40)))
+    api.on("DELETE", f"/operations/{OP}", ok(operation(OP, "cancelled", type="image.pull")))
+    client = make_client(api)
+
+    everything = client.operations.list(status="running", type="image.pull", resource_id="img-1")
+    one = client.operations.list_page(2, 5)
+    fetched = client.operations.get(OP)
+    cancelled = client.operations.cancel(fetched)
+
+    assert [op.id for op in everything] == ["op-1", "op-2", "op-3"]
+    assert dict(api.requests[0].url.params) == {
+        "page": "1",
+        "limit": "100",
+        "status": "running",
+        "type": "image.pull",
+        "resource_id": "img-1",
+    }
+    assert api.requests[1].url.params["page"] == "2"
+    assert isinstance(one, Page) and one.items[0].id == "op-3"
+    assert dict(api.requests[2].url.params) == {"page": "2", "limit": "5"}
+    assert fetched.progress == 40 and not fetched.finished
+    assert cancelled.status == "cancelled" and cancelled.finished
+    assert f"{api.last.method} {api.last.url.path}" == f"DELETE /api/v1/operations/{OP}"
+
+
+def test_wait_loops_the_long_poll_and_reports_every_state() -> None:
+    api = FakeAPI().on(
+        "GET",
+        f"/operations/{OP}/wait",
+        ok(operation(OP, progress=10)),
+        ok(operation(OP, progress=60)),
+        ok(operation(OP, "succeeded")),
+    )
+    seen: list[tuple[str, object]] = []
+    start = operation(OP, "running", progress=0)
+
+    done = make_client(api).operations.wait(
+        Operation(start), on_progress=lambda op: seen.append((op.status, op.progress))
+    )
+
+    assert done.status == "succeeded"
+    assert seen == [("running", 0), ("running", 10), ("running", 60), ("succeeded", 100)]
+    # With a progress callback, the long polls are short ones.
+    assert {float(r.url.params["timeout"]) for r in api.requests} == {2.0}
+
+
+def test_wait_gives_up_after_the_overall_timeout() -> None:
+    api = FakeAPI().on("GET", f"/operations/{OP}/wait", ok(operation(OP, type="image.pull")))
+
+    with pytest.raises(WaitTimeoutError) as caught:
+        make_client(api).operations.wait(OP, timeout=0)
+
+    assert len(api.requests) == 1 and float(api.last.url.params["timeout"]) == 0
+    assert caught.value.code == "WAIT_TIMEOUT" and isinstance(caught.value, TimeoutError)
+    assert caught.value.details == {"operation": OP}
+    assert "image.pull operation is still running" in caught.value.message
+
+
+def test_wait_returns_a_failed_operation_and_raise_for_failure_raises_its_error() -> None:
+    failed = operation(OP, "failed", error={"code": "VALIDATION_ERROR", "message": "bad url"})
+    api = FakeAPI().on("GET", f"/operations/{OP}/wait", ok(failed))
+
+    done = make_client(api).operations.wait(OP, timeout=60)
+
+    assert done.status == "failed" and done.error.code == "VALIDATION_ERROR"
+    with pytest.raises(ValidationError) as caught:
+        done.raise_for_failure()
+    assert (caught.value.code, caught.value.message) == ("VALIDATION_ERROR", "bad url")
+    assert caught.value.details == {"operation": OP}
+
+
+def test_raise_for_failure_by_status() -> None:
+    succeeded = Operation(operation(OP, "succeeded"))
+    running = Operation(operation(OP, "running"))
+    assert succeeded.raise_for_failure() is succeeded
+    assert running.raise_for_failure() is running
+    with pytest.raises(VoidVMError) as cancelled:
+        Operation(operation(OP, "cancelled", type="image.pull")).raise_for_failure()
+    assert cancelled.value.code == "OPERATION_CANCELLED"
+    assert "image.pull operation was cancelled" in cancelled.value.message
+    unknown = operation(OP, "failed", error={"code": "INTERRUPTED", "message": "restarted"})
+    with pytest.raises(VoidVMError) as interrupted:
+        Operation(unknown).raise_for_failure()
+    assert type(interrupted.value) is VoidVMError and interrupted.value.code == "INTERRUPTED"
+
+
+def test_wait_on_a_finished_operation_sends_nothing() -> None:
+    api = FakeAPI()
+    done = Operation(operation(OP, "succeeded"))
+    assert make_client(api).operations.wait(done) is done
+    assert api.requests == []
+
+
+def test_operation_errors_are_mapped() -> None:
+    api = FakeAPI()
+    api.on("GET", "/operations/op-missing", fail(404, "OPERATION_NOT_FOUND", "Operation not found"))
+    api.on("DELETE", f"/operations/{OP}", fail(409, "NOT_CANCELLABLE", "a vm.start cannot be"))
+    client = make_client(api)
+    with pytest.raises(NotFoundError) as missing:
+        client.operations.get("op-missing")
+    with pytest.raises(ConflictError) as refused:
+        client.operations.cancel(OP)
+    assert missing.value.code == "OPERATION_NOT_FOUND" and missing.value.status == 404
+    assert refused.value.code == "NOT_CANCELLABLE" and refused.value.status == 409
+
+
+def test_operation_ids_are_percent_encoded_and_bad_references_refused() -> None:
+    api = FakeAPI().on("GET", "/operations/a/b", ok(operation("a/b")))
+    client = make_client(api)
+    assert client.operations.get("a/b").id == "a/b"
+    assert api.last.url.raw_path == b"/api/v1/operations/a%2Fb"
+    with pytest.raises(TypeError):
+        client.operations.wait(None)  # type: ignore[arg-type]
+    with pytest.raises(ValueError):
+        client.operations.wait(OP, timeout=-1)

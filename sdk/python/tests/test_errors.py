@@ -61,6 +61,9 @@ def test_not_found_keeps_code_message_details_status_and_request_id() -> None:
         (404, "IMAGE_NOT_FOUND", NotFoundError),
         (409, "VM_ALREADY_RUNNING", ConflictError),
         (409, "NAME_CONFLICT", ConflictError),
+        (404, "OPERATION_NOT_FOUND", NotFoundError),
+        (409, "NOT_CANCELLABLE", ConflictError),
+        (409, "IMAGE_NOT_AVAILABLE", ConflictError),
         (413, "PAYLOAD_TOO_LARGE", ValidationError),
         (429, "RATE_LIMIT_EXCEEDED", RateLimitError),
         (500, "INTERNAL_SERVER_ERROR", ServerError),
@@ -187,4 +190,8 @@ def test_wait_for_fails_fast_when_the_vm_enters_error() -> None:
 def test_error_class_for_websocket_codes_without_status() -> None:
     assert error_class_for(None, "VM_NOT_FOUND") is NotFoundError
     assert error_class_for(None, "SOMETHING_NEW") is VoidVMError
+    # Operation errors (and WebSocket ones) have no HTTP status: the code alone decides.
+    assert error_class_for(None, "OPERATION_NOT_FOUND") is NotFoundError
+    assert error_class_for(None, "NOT_CANCELLABLE") is ConflictError
+    assert error_class_for(None, "IMAGE_NOT_AVAILABLE") is ConflictError
     assert error_class_for(418, "VM_NOT_FOUND") is VoidVMError

@@ -13,12 +13,21 @@ from voidvm import (
     AsyncVoidVMClient,
     AuthenticationError,
     NotFoundError,
+    Operation,
     RateLimitError,
     SocketClosedError,
     Topics,
 )
 from voidvm._ws import ws_url
-from voidvm_testkit import WsRecorder, bounded, recv_json, send_json, ws_client, ws_server
+from voidvm_testkit import (
+    WsRecorder,
+    bounded,
+    operation,
+    recv_json,
+    send_json,
+    ws_client,
+    ws_server,
+)
 
 
 @pytest.mark.parametrize(
@@ -80,6 +89,26 @@ async def test_events_subscribe_with_the_token_and_yield_server_messages() -> No
     )
     assert second.data["status"] == "running"
     assert stream.last_event_id == 2
+
+
+async def test_operations_topic_yields_operation_events() -> None:
+    async def handler(ws: ServerConnection, rec: WsRecorder) -> None:
+        await recv_json(ws, rec)
+        await send_json(ws, "subscribed", {"topic": "operations", "lastEventId": 6})
+        pull = operation("op-00000000000e", type="image.pull", progress=42)
+        await send_json(ws, "operation", {**pull, "eventId": 7})
+        await ws.wait_closed()
+
+    async with ws_client(handler) as (client, rec), client.events([Topics.operations()]) as stream:
+        subscribed = await bounded(anext(stream))
+        changed = await bounded(anext(stream))
+
+    assert rec.received[0]["data"] == {"topic": "operations"}
+    assert subscribed.operation is None
+    assert changed.type == "operation" and changed.event_id == 7
+    assert isinstance(changed.operation, Operation)
+    assert changed.operation.progress == 42 and not changed.operation.finished
+    assert "eventId" not in changed.operation and changed.operation.type == "image.pull"
 
 
 async def test_events_reconnect_and_resume_from_the_last_event_id() -> None:

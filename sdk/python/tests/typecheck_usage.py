@@ -14,6 +14,7 @@ from voidvm import (
     Event,
     Image,
     NotFoundError,
+    Operation,
     Page,
     QuotaExceededError,
     RateLimitError,
@@ -64,6 +65,25 @@ def sync_surface(client: VoidVMClient) -> None:
     token: CreatedApiToken = client.auth.tokens.create("ci", expires_in_days=30)
     secret: str = token.token
     print(images, users, info.version, config, logs.items, me.role, secret)
+
+
+def operations_surface(client: VoidVMClient) -> str:
+    vm = client.vms.start("vm-001", wait=False)
+    done: Operation = client.operations.wait(vm.operation, timeout=120)
+    done.raise_for_failure()
+    image = client.images.create(
+        name="deb", format="qcow2", url="https://example.org/deb.qcow2", wait=False
+    )
+    percent: list[int | None] = []
+    client.operations.wait(image.operation, on_progress=lambda op: percent.append(op.progress))
+    page: Page[Operation] = client.operations.list_page(1, 20, status="running")
+    history: list[Operation] = client.operations.list(type="vm.start", resource_id=vm.id)
+    current: Operation = client.operations.get(page.items[0])
+    if current.cancellable and not current.finished:
+        cancelled: Operation = client.operations.cancel(current.id)
+        print(cancelled.status)
+    finished: bool = done.succeeded
+    return f"{len(history)} {finished} {done.error} {done.result} {percent}"
 
 
 def error_handling(client: VoidVMClient) -> int:
@@ -127,6 +147,12 @@ async def async_surface(token: str) -> None:
         async with client.events([Topics.vm_status(new_vm.id), "system-monitor"]) as stream:
             first: Event = await anext(stream)
             print(first.data, stream.last_event_id)
+        accepted = await client.vms.stop(new_vm.id, wait=False)
+        stopped: Operation = await client.operations.wait(accepted.operation, timeout=60)
+        async for event in client.events([Topics.operations()]):
+            changed: Operation | None = event.operation
+            if changed is not None and changed.id == stopped.id:
+                break
         print(len(vms))
 
 

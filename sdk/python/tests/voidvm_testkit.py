@@ -61,6 +61,48 @@ def vm(vm_id: str = "vm-001", status: str = "stopped", **fields: Any) -> dict[st
     return base
 
 
+def operation(
+    operation_id: str = "op-00000000000a",
+    status: str = "running",
+    type: str = "vm.start",
+    resource_id: str = "vm-001",
+    **fields: Any,
+) -> dict[str, Any]:
+    """An operation as the server shows it (``GET /operations/{id}``)."""
+    finished = status in ("succeeded", "failed", "cancelled")
+    base = {
+        "id": operation_id,
+        "type": type,
+        "status": status,
+        "progress": 100 if status == "succeeded" else None,
+        "message": "",
+        "resource_type": "image" if type.startswith("image.") else "vm",
+        "resource_id": resource_id,
+        "owner": "usr-admin",
+        "created_at": TIMESTAMP,
+        "updated_at": TIMESTAMP,
+        "finished_at": TIMESTAMP if finished else None,
+        "error": None,
+        "result": None,
+        "cancellable": type.startswith("image.") and not finished,
+    }
+    base.update(fields)
+    return base
+
+
+def accepted(data: Any, operation: dict[str, Any]) -> httpx.Response:
+    """A 202 answer: ``data`` and the ``operation`` doing the work (also in ``Location``)."""
+    body = {
+        "success": True,
+        "data": data,
+        "message": "accepted",
+        "operation": operation,
+        "timestamp": TIMESTAMP,
+    }
+    location = f"/api/v1/operations/{operation['id']}"
+    return httpx.Response(202, json=body, headers={"X-Request-ID": "req-ok", "Location": location})
+
+
 Responder = httpx.Response | Callable[[httpx.Request], httpx.Response]
 
 

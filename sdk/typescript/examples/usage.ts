@@ -7,6 +7,9 @@ import {
   ValidationError,
   VoidVMClient,
   VoidVMError,
+  errorFromOperation,
+  type Operation,
+  type OperationEventData,
   type VM,
   type VoidVMEvent,
 } from '@void-vm/sdk'
@@ -28,7 +31,9 @@ console.log(running.length, vms.length, pagination.total)
 const vm = await client.vms.create({ name: 'web-1', cpu: 1, memory: 512, disk: 5, os: 'alpine' })
 await client.vms.start(vm.id) // waits until running
 await client.vms.stop(vm.id, { force: false, timeout: 30 })
-await client.vms.start(vm.id, { wait: false }) // 202, returns at once
+const starting = await client.vms.start(vm.id, { wait: false }) // 202, returns at once
+const started: Operation = await client.operations.wait(starting.operation, { timeoutMs: 60_000 })
+if (started.status === 'failed') console.log(started.error?.code, errorFromOperation(started)?.name)
 const ready = await client.vms.waitFor(vm.id, 'running', { timeoutMs: 60_000 })
 console.log(ready.ip, ready.ports?.ssh)
 
@@ -76,6 +81,27 @@ term.close()
 const images = await client.images.list()
 const alpine = await client.images.get('alpine')
 console.log(images.length, alpine.format)
+
+// Operations: a URL import with `wait: false` answers at once; wait on (or cancel) its operation.
+const pulling = await client.images.create({
+  name: 'debian', format: 'qcow2', url: 'https://example.org/debian.qcow2', wait: false,
+})
+const pulled = await client.operations.wait(pulling.operation, { throwOnFailure: true, pollSeconds: 10 })
+console.log(pulling.status, pulled.result?.image_id)
+const runningOps: Operation[] = await client.operations.list({ status: 'running', type: 'image.pull' })
+const { operations, pagination: opsPage } = await client.operations.listPage({ limit: 10 })
+console.log(runningOps.length, operations.map((op) => `${op.type} ${op.progress ?? '?'}%`), opsPage.total)
+try {
+  await client.operations.cancel(runningOps[0]?.id ?? 'op-000000000000')
+} catch (err) {
+  if (err instanceof ConflictError && err.code === 'NOT_CANCELLABLE') console.log('already finished')
+  else if (!(err instanceof NotFoundError)) throw err
+}
+for await (const event of client.events.stream('operations')) {
+  const op = event.data as OperationEventData // every change of your operations
+  console.log(op.eventId, op.id, op.status)
+  if (op.id === pulling.operation?.id && op.status !== 'running') break
+}
 const user = await client.users.create({ username: 'alice', password: 's3cret-pass', quota: { max_vms: 3 } })
 await client.users.update(user.id, { status: 'disabled' })
 const info = await client.system.info()

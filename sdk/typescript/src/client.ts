@@ -1,6 +1,7 @@
 import { HttpClient, type FetchLike } from './http.js';
 import { AuthAPI } from './resources/auth.js';
 import { ImagesAPI } from './resources/images.js';
+import { OperationsAPI } from './resources/operations.js';
 import { SystemAPI } from './resources/system.js';
 import { UsersAPI } from './resources/users.js';
 import { VMsAPI } from './resources/vms.js';
@@ -49,6 +50,7 @@ export function deriveWsURL(baseURL: string): string {
 export class VoidVMClient {
   readonly vms: VMsAPI;
   readonly images: ImagesAPI;
+  readonly operations: OperationsAPI;
   readonly users: UsersAPI;
   readonly system: SystemAPI;
   readonly auth: AuthAPI;
@@ -78,6 +80,7 @@ export class VoidVMClient {
     });
     this.vms = new VMsAPI(http);
     this.images = new ImagesAPI(http);
+    this.operations = new OperationsAPI(http);
     this.users = new UsersAPI(http);
     this.system = new SystemAPI(http);
     this.auth = new AuthAPI(http, {

@@ -1,4 +1,4 @@
-import type { FieldError } from './types.js';
+import type { FieldError, Operation } from './types.js';
 
 export interface VoidVMErrorInit {
   code: string;
@@ -37,10 +37,13 @@ export class PermissionDeniedError extends VoidVMError {}
 /** 403 `QUOTA_EXCEEDED`. */
 export class QuotaExceededError extends PermissionDeniedError {}
 
-/** 404 (`VM_NOT_FOUND`, `USER_NOT_FOUND`, ...). */
+/** 404 (`VM_NOT_FOUND`, `USER_NOT_FOUND`, `OPERATION_NOT_FOUND`, ...). */
 export class NotFoundError extends VoidVMError {}
 
-/** 409: state conflicts (`VM_ALREADY_RUNNING`, `NAME_CONFLICT`, `IMAGE_IN_USE`, ...). */
+/**
+ * 409: state conflicts (`VM_ALREADY_RUNNING`, `NAME_CONFLICT`, `IMAGE_IN_USE`, `IMAGE_NOT_AVAILABLE`,
+ * `NOT_CANCELLABLE`, ...).
+ */
 export class ConflictError extends VoidVMError {}
 
 /** 400/413/422: bad parameters. `fields` lists `{field, reason}` for `VALIDATION_ERROR`. */
@@ -105,4 +108,82 @@ export function errorFromResponse(
   }
   if (status >= 500) return new ServerError(init);
   return new VoidVMError(init);
+}
+
+type ErrorClass = new (init: VoidVMErrorInit) => VoidVMError;
+
+/**
+ * The class of each error code the server answers with, for errors that come without an HTTP
+ * status (a failed operation's `error`). HTTP answers are mapped by their status
+ * (`errorFromResponse`); unknown codes are plain `VoidVMError`s.
+ */
+const CODE_CLASSES: Record<string, ErrorClass> = {
+  VALIDATION_ERROR: ValidationError,
+  BAD_REQUEST: ValidationError,
+  INVALID_HOST: ValidationError,
+  PAYLOAD_TOO_LARGE: ValidationError,
+  UNAUTHORIZED: AuthenticationError,
+  INVALID_TOKEN: AuthenticationError,
+  TOKEN_EXPIRED: AuthenticationError,
+  INVALID_CREDENTIALS: AuthenticationError,
+  ACCOUNT_LOCKED: AuthenticationError,
+  FORBIDDEN: PermissionDeniedError,
+  ACCOUNT_DISABLED: PermissionDeniedError,
+  QUOTA_EXCEEDED: QuotaExceededError,
+  NOT_FOUND: NotFoundError,
+  VM_NOT_FOUND: NotFoundError,
+  USER_NOT_FOUND: NotFoundError,
+  IMAGE_NOT_FOUND: NotFoundError,
+  TOKEN_NOT_FOUND: NotFoundError,
+  OPERATION_NOT_FOUND: NotFoundError,
+  CONFLICT: ConflictError,
+  VM_ALREADY_RUNNING: ConflictError,
+  VM_NOT_RUNNING: ConflictError,
+  INVALID_STATE: ConflictError,
+  OPERATION_IN_PROGRESS: ConflictError,
+  NAME_CONFLICT: ConflictError,
+  IMAGE_IN_USE: ConflictError,
+  IMAGE_NOT_AVAILABLE: ConflictError,
+  NOT_CANCELLABLE: ConflictError,
+  RATE_LIMIT_EXCEEDED: RateLimitError,
+  TOO_MANY_ATTEMPTS: RateLimitError,
+  LOGIN_BUSY: RateLimitError,
+  INTERNAL_SERVER_ERROR: ServerError,
+  SERVICE_UNAVAILABLE: ServerError,
+  HYPERVISOR_ERROR: ServerError,
+  HYPERVISOR_UNAVAILABLE: ServerError,
+  HYPERVISOR_TIMEOUT: ServerError,
+  STORAGE_FULL: ServerError,
+  STORAGE_READ_ONLY: ServerError,
+  INSUFFICIENT_STORAGE: ServerError,
+  IMAGE_PULL_FAILED: ServerError,
+  /** The server stopped while the operation ran. */
+  INTERRUPTED: ServerError,
+};
+
+/** Builds the typed error for an error code alone (no HTTP status: `status` is 0). */
+export function errorFromCode(code: string, message: string, details?: unknown): VoidVMError {
+  const cls = Object.hasOwn(CODE_CLASSES, code) ? CODE_CLASSES[code] : VoidVMError;
+  return new cls({ code, message, details });
+}
+
+/**
+ * The error a finished, unsuccessful operation stands for, with the operation as `details`: a
+ * failed one maps its `error.code` as `errorFromCode` does (e.g. `HYPERVISOR_TIMEOUT` →
+ * `ServerError`), a cancelled one is a `VoidVMError` with code `OPERATION_CANCELLED`. `undefined`
+ * for an operation that succeeded or has not finished.
+ */
+export function errorFromOperation(op: Operation): VoidVMError | undefined {
+  if (op.status === 'failed') {
+    const message = op.error?.message || op.message || `Operation ${op.id} (${op.type}) failed`;
+    return errorFromCode(op.error?.code ?? 'OPERATION_FAILED', message, op);
+  }
+  if (op.status === 'cancelled') {
+    return new VoidVMError({
+      code: 'OPERATION_CANCELLED',
+      message: `Operation ${op.id} (${op.type}) was cancelled`,
+      details: op,
+    });
+  }
+  return undefined;
 }

@@ -1,4 +1,5 @@
 import { errorFromResponse, RateLimitError, TransportError } from './errors.js';
+import type { WithOperation } from './types.js';
 
 export type FetchLike = typeof globalThis.fetch;
 
@@ -81,6 +82,18 @@ export class HttpClient {
     const body = await this.requestRaw(req);
     if (isObject(body) && body.success === true && 'data' in body) return body.data as T;
     return body as T;
+  }
+
+  /**
+   * Like `request`, for calls that may answer 202: the envelope's `operation` (the work still
+   * under way) is set on the returned object as `operation`.
+   */
+  async requestAccepted<T>(req: HttpRequest): Promise<WithOperation<T>> {
+    const body = await this.requestRaw(req);
+    if (!(isObject(body) && body.success === true && 'data' in body)) return body as WithOperation<T>;
+    const { data, operation } = body as { data: unknown; operation?: unknown };
+    if (isObject(data) && isObject(operation)) return { ...data, operation } as WithOperation<T>;
+    return data as WithOperation<T>;
   }
 
   /** Returns the whole decoded JSON body (envelope included) of a successful answer. */

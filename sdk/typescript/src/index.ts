@@ -11,6 +11,8 @@ export {
   ServerError,
   TransportError,
   errorFromResponse,
+  errorFromCode,
+  errorFromOperation,
   parseRetryAfter,
   type VoidVMErrorInit,
 } from './errors.js';
@@ -18,6 +20,7 @@ export type { FetchLike, RequestOptions, Query, QueryValue } from './http.js';
 export { OPERATIONS, normalizeOperation, type OperationKey } from './operations.js';
 export { VMsAPI } from './resources/vms.js';
 export { ImagesAPI } from './resources/images.js';
+export { OperationsAPI } from './resources/operations.js';
 export { UsersAPI } from './resources/users.js';
 export { SystemAPI } from './resources/system.js';
 export { AuthAPI } from './resources/auth.js';
@@ -28,6 +31,7 @@ export {
   type Topic,
   type TopicInput,
   type EventData,
+  type OperationEventData,
   type VoidVMEvent,
   type EventHandler,
   type Subscription,

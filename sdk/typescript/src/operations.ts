@@ -36,6 +36,11 @@ export const OPERATIONS = {
   'GET /images/{id}': 'images.get',
   'DELETE /images/{id}': 'images.delete',
 
+  'GET /operations': 'operations.list',
+  'GET /operations/{id}': 'operations.get',
+  'GET /operations/{id}/wait': 'operations.wait',
+  'DELETE /operations/{id}': 'operations.cancel',
+
   'GET /system/info': 'system.info',
   'GET /system/version': 'system.version',
   'GET /system/stats': 'system.stats',

@@ -15,6 +15,14 @@ export interface Envelope<T> {
   timestamp?: string;
 }
 
+/**
+ * A 202 answer: `data` as the finished call would hold it, plus the operation doing the work (its
+ * URL, `/api/v1/operations/{id}`, is also in the `Location` header).
+ */
+export interface AcceptedEnvelope<T> extends Envelope<T> {
+  operation: Operation;
+}
+
 /** Error envelope: `{success: false, error: {code, message, details}, timestamp}`. */
 export interface ErrorEnvelope {
   success: false;
@@ -320,6 +328,11 @@ export interface CreateImageRequest {
   aliases?: string[];
   /** Make it the default image (used when a VM is created without `os`). */
   default?: boolean;
+  /**
+   * URL imports: wait for the download (server default true, answered 201). `false` answers 202
+   * at once with the image (`downloading`) and its `operation` (not with `path` or `default`).
+   */
+  wait?: boolean;
 }
 
 /** Raw-bytes upload to POST /images/upload. */
@@ -327,6 +340,75 @@ export interface UploadImageRequest {
   name: string;
   format: Exclude<ImageFormat, 'kernel'>;
   file: Blob | Uint8Array | ArrayBuffer;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Operations
+
+export type OperationStatus = 'pending' | 'running' | 'succeeded' | 'failed' | 'cancelled';
+
+/** Why an operation failed (the code of the error the call would have answered with). */
+export interface OperationError {
+  code: string;
+  message: string;
+}
+
+/** Long work recorded by the server: an image pull or import, a VM action called with `wait: false`. */
+export interface Operation {
+  /** `op-` and 12 hex digits. */
+  id: string;
+  /** `vm.start`, `vm.stop`, ..., `image.pull`, `image.import`. */
+  type: string;
+  status: OperationStatus;
+  /** 0-100, or `null` when the work cannot tell. */
+  progress: number | null;
+  message: string;
+  /** `vm` or `image`. */
+  resource_type: string;
+  resource_id: string;
+  /** The id of the user whose operation it is (`null`: the server's own work). */
+  owner: string | null;
+  created_at: string;
+  updated_at: string;
+  finished_at: string | null;
+  /** When failed. */
+  error: OperationError | null;
+  /** When succeeded: `{vm_id, status}` for VM actions, `{image_id}` for image imports and pulls. */
+  result: Record<string, unknown> | null;
+  /** Whether `operations.cancel` can stop it (image imports and pulls while they run). */
+  cancellable: boolean;
+}
+
+export interface OperationList {
+  operations: Operation[];
+  pagination: Pagination;
+}
+
+export interface OperationListParams extends PageParams {
+  status?: OperationStatus;
+  /** e.g. `vm.start` or `image.pull`. */
+  type?: string;
+  /** A VM or image id. */
+  resource_id?: string;
+}
+
+/** What `{wait: false}` calls resolve with: the resource, and the operation finishing the work. */
+export type WithOperation<T> = T & {
+  /** Set when the server answered 202; pass it to `client.operations.wait`. */
+  operation?: Operation;
+};
+
+export interface OperationWaitOptions {
+  /** Give up after this many ms with `WAIT_TIMEOUT` (default: wait until it finishes). */
+  timeoutMs?: number;
+  /** Seconds each long poll (`GET /operations/{id}/wait`) may be held by the server (1-60, default 30). */
+  pollSeconds?: number;
+  /**
+   * Reject unless the operation succeeded (default false: resolve with it whatever its outcome):
+   * a failed one with the mapped `VoidVMError` subclass (`errorFromOperation`), a cancelled one
+   * with code `OPERATION_CANCELLED`.
+   */
+  throwOnFailure?: boolean;
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -14,6 +14,8 @@ import {
   VoidVMClient,
   VoidVMError,
   deriveWsURL,
+  errorFromCode,
+  errorFromOperation,
 } from '@void-vm/sdk';
 import { fail, ok, startServer, vm } from './helpers/server.mjs';
 
@@ -47,6 +49,7 @@ describe('the seed snippet', () => {
     assert.equal(newVm.id, 'vm-new');
     const started = await c.vms.start(newVm.id);
     assert.equal(started.status, 'running');
+    assert.ok(!('operation' in started), 'a finished action has no operation');
 
     const [list, create, start] = server.requests;
     assert.equal(list.method, 'GET');
@@ -121,6 +124,153 @@ describe('vms', () => {
   });
 });
 
+const operation = (id, extra = {}) => ({
+  id,
+  type: 'vm.start',
+  status: 'running',
+  progress: null,
+  message: '',
+  resource_type: 'vm',
+  resource_id: 'vm-1',
+  owner: 'usr-1',
+  created_at: '2024-01-01T12:00:00Z',
+  updated_at: '2024-01-01T12:00:00Z',
+  finished_at: null,
+  error: null,
+  result: null,
+  cancellable: false,
+  ...extra,
+});
+const done = (id, extra = {}) =>
+  operation(id, { status: 'succeeded', progress: 100, finished_at: '2024-01-01T12:00:05Z', ...extra });
+/** A 202 answer as the server sends it: `data`, the `operation` beside it, and `Location`. */
+const accepted = (data, op) => {
+  const answer = ok(data, 202, { Location: `/api/v1/operations/${op.id}` });
+  return { ...answer, body: { ...answer.body, operation: op } };
+};
+
+describe('operations', () => {
+  test('{wait: false} returns the VM with its operation; wait() repeats the long poll until it finishes', async () => {
+    const op = operation('op-1a2b3c4d5e6f');
+    routes['POST /vms/vm-1/start'] = () => accepted(vm('vm-1', { status: 'starting' }), op);
+    let polls = 0;
+    routes['GET /operations/op-1a2b3c4d5e6f/wait'] = () =>
+      ok(++polls < 3 ? op : done(op.id, { result: { vm_id: 'vm-1', status: 'running' } }));
+    const c = client();
+
+    const starting = await c.vms.start('vm-1', { wait: false });
+    assert.deepEqual(last().body, { wait: false });
+    assert.equal(starting.status, 'starting');
+    assert.equal(starting.id, 'vm-1');
+    assert.deepEqual(starting.operation, op);
+
+    const finished = await c.operations.wait(starting.operation);
+    assert.equal(finished.status, 'succeeded');
+    assert.deepEqual(finished.result, { vm_id: 'vm-1', status: 'running' });
+    assert.equal(polls, 3);
+    const waits = server.requests.filter((r) => r.path.endsWith('/wait'));
+    assert.deepEqual(waits.map((r) => [r.method, r.query]), Array(3).fill(['GET', { timeout: '30' }]));
+
+    // by id, with a shorter poll; an operation that has finished is not fetched again
+    server.requests.length = 0;
+    polls = 2;
+    assert.equal((await c.operations.wait(op.id, { pollSeconds: 5 })).status, 'succeeded');
+    assert.deepEqual(last().query, { timeout: '5' });
+    server.requests.length = 0;
+    assert.equal((await c.operations.wait(finished)).id, op.id);
+    assert.equal(server.requests.length, 0);
+  });
+
+  test('images.create with {wait: false} returns the downloading image and its operation', async () => {
+    const op = operation('op-000000000abc', { type: 'image.import', resource_type: 'image', resource_id: 'img-2', cancellable: true });
+    const image = { id: 'img-2', name: 'deb', status: 'downloading' };
+    routes['POST /images'] = (req) => (req.body.wait === false ? accepted(image, op) : ok({ ...image, status: 'available' }, 201));
+    routes['GET /operations/op-000000000abc/wait'] = () => ok(done(op.id, { type: 'image.import', result: { image_id: 'img-2' } }));
+    const c = client();
+    const body = { name: 'deb', format: 'qcow2', url: 'https://example.org/deb.qcow2' };
+    const pulling = await c.images.create({ ...body, wait: false });
+    assert.equal(pulling.status, 'downloading');
+    assert.equal(pulling.operation.id, op.id);
+    assert.deepEqual((await c.operations.wait(pulling.operation)).result, { image_id: 'img-2' });
+    const imported = await c.images.create(body);
+    assert.equal(imported.status, 'available');
+    assert.equal(imported.operation, undefined);
+  });
+
+  test('wait() resolves with a failed operation, or rejects with the mapped error with throwOnFailure', async () => {
+    const error = { code: 'HYPERVISOR_TIMEOUT', message: 'QEMU did not answer' };
+    routes['GET /operations/op-f/wait'] = () => ok(operation('op-f', { status: 'failed', error, message: error.message }));
+    routes['GET /operations/op-c/wait'] = () => ok(operation('op-c', { status: 'cancelled', type: 'image.pull' }));
+    const c = client();
+    const failed = await c.operations.wait('op-f');
+    assert.equal(failed.status, 'failed');
+    assert.deepEqual(failed.error, error);
+
+    const err = await c.operations.wait('op-f', { throwOnFailure: true }).catch((e) => e);
+    assert.ok(err instanceof ServerError, String(err));
+    assert.equal(err.code, 'HYPERVISOR_TIMEOUT');
+    assert.equal(err.message, 'QEMU did not answer');
+    assert.equal(err.status, 0);
+    assert.equal(err.details.id, 'op-f');
+    assert.equal((await c.operations.wait('op-c')).status, 'cancelled');
+    await assert.rejects(c.operations.wait('op-c', { throwOnFailure: true }), { name: 'VoidVMError', code: 'OPERATION_CANCELLED' });
+  });
+
+  test('wait() gives up after timeoutMs with WAIT_TIMEOUT; needs an operation', async () => {
+    routes['GET /operations/op-1/wait'] = () => ok(operation('op-1'));
+    const c = client();
+    const err = await c.operations.wait('op-1', { timeoutMs: 40 }).catch((e) => e);
+    assert.ok(err instanceof VoidVMError);
+    assert.equal(err.code, 'WAIT_TIMEOUT');
+    assert.equal(err.details.status, 'running');
+    assert.ok(server.requests.every((r) => Number(r.query.timeout) <= 0.04), 'no poll outlasts the timeout');
+    server.requests.length = 0;
+    await assert.rejects(c.operations.wait('op-1', { timeoutMs: 0 }), { code: 'WAIT_TIMEOUT' });
+    assert.deepEqual(server.requests.map((r) => r.query), [{ timeout: '0' }]);
+    await assert.rejects(c.operations.wait(undefined), TypeError);
+  });
+
+  test('list (every page), listPage, get, cancel; NOT_CANCELLABLE and OPERATION_NOT_FOUND', async () => {
+    routes['GET /operations'] = (req) => {
+      const page = Number(req.query.page);
+      const ids = page === 1 ? ['op-1', 'op-2'] : page === 2 ? ['op-3'] : [];
+      return ok({ operations: ids.map((id) => operation(id)), pagination: { page, limit: 2, total: 3, pages: 2 } });
+    };
+    routes['GET /operations/op-1'] = () => ok(operation('op-1'));
+    routes['GET /operations/op-x'] = () => fail(404, 'OPERATION_NOT_FOUND', 'Operation not found');
+    routes['DELETE /operations/op-1'] = () => ok(operation('op-1', { status: 'cancelled', message: 'cancelled' }));
+    routes['DELETE /operations/op-2'] = () => fail(409, 'NOT_CANCELLABLE', 'The operation cannot be cancelled');
+    const c = client();
+
+    const all = await c.operations.list({ limit: 2, status: 'running', type: 'vm.start', resource_id: 'vm-1' });
+    assert.deepEqual(all.map((o) => o.id), ['op-1', 'op-2', 'op-3']);
+    assert.deepEqual(server.requests[0].query, { status: 'running', type: 'vm.start', resource_id: 'vm-1', page: '1', limit: '2' });
+    const page = await c.operations.listPage({ page: 2, limit: 2 });
+    assert.deepEqual([page.operations.length, page.pagination.total], [1, 3]);
+    assert.equal((await c.operations.get('op-1')).id, 'op-1');
+    await assert.rejects(c.operations.get('op-x'), { name: 'NotFoundError', code: 'OPERATION_NOT_FOUND', status: 404 });
+    assert.equal((await c.operations.cancel('op-1')).status, 'cancelled');
+    assert.equal(last().method, 'DELETE');
+    await assert.rejects(c.operations.cancel('op-2'), (e) => e instanceof ConflictError && e.code === 'NOT_CANCELLABLE');
+  });
+
+  test('errorFromCode and errorFromOperation map codes without an HTTP status', () => {
+    assert.ok(errorFromCode('VM_ALREADY_RUNNING', 'm') instanceof ConflictError);
+    assert.ok(errorFromCode('QUOTA_EXCEEDED', 'm') instanceof QuotaExceededError);
+    assert.ok(errorFromCode('IMAGE_PULL_FAILED', 'm') instanceof ServerError);
+    assert.ok(errorFromCode('INTERRUPTED', 'm') instanceof ServerError);
+    const unknown = errorFromCode('SOMETHING_NEW', 'm', 'd');
+    assert.equal(unknown.constructor, VoidVMError);
+    assert.deepEqual([unknown.code, unknown.message, unknown.details, unknown.status], ['SOMETHING_NEW', 'm', 'd', 0]);
+    assert.equal(errorFromCode('toString', 'm').constructor, VoidVMError);
+    assert.equal(errorFromOperation(operation('op-1')), undefined);
+    assert.equal(errorFromOperation(done('op-1')), undefined);
+    const failed = errorFromOperation(operation('op-1', { status: 'failed', error: { code: 'VM_NOT_FOUND', message: 'gone' } }));
+    assert.ok(failed instanceof NotFoundError);
+    assert.equal(failed.message, 'gone');
+  });
+});
+
 describe('errors', () => {
   const cases = [
     [400, 'VALIDATION_ERROR', ValidationError],
@@ -129,6 +279,9 @@ describe('errors', () => {
     [403, 'QUOTA_EXCEEDED', QuotaExceededError],
     [404, 'VM_NOT_FOUND', NotFoundError],
     [409, 'VM_ALREADY_RUNNING', ConflictError],
+    [404, 'OPERATION_NOT_FOUND', NotFoundError],
+    [409, 'NOT_CANCELLABLE', ConflictError],
+    [409, 'IMAGE_NOT_AVAILABLE', ConflictError],
     [413, 'PAYLOAD_TOO_LARGE', ValidationError],
     [429, 'RATE_LIMIT_EXCEEDED', RateLimitError],
     [500, 'INTERNAL_SERVER_ERROR', ServerError],

@@ -3,9 +3,9 @@
 //   VOIDVM_E2E_URL=http://localhost:3000/api/v1 VOIDVM_E2E_TOKEN=<jwt or vvm_ token> npm test
 //
 // (VOIDVM_E2E_USERNAME / VOIDVM_E2E_PASSWORD may replace the token.) Creates one VM with the
-// seed's body (named 'my-vm' unless that name is taken), starts it, and deletes it again; then a
-// small VM on the default image (VoidVM's built-in tiny guest), and types a command into its serial
-// console. VOIDVM_TEST_TIMEOUT_SCALE (e.g. 3) stretches the waits for slow software emulation.
+// seed's body (named 'my-vm' unless that name is taken), starts it, and deletes it again; starts a
+// small VM with `wait: false` and waits on its operation; then a small VM on the default image
+// (VoidVM's built-in tiny guest), and types a command into its serial console. VOIDVM_TEST_TIMEOUT_SCALE (e.g. 3) stretches the waits for slow software emulation.
 import assert from 'node:assert/strict';
 import { after, test } from 'node:test';
 import { NotFoundError, VoidVMClient } from '@void-vm/sdk';
@@ -73,6 +73,26 @@ test('e2e: typed errors carry the request id; system version', { skip }, async (
   assert.equal(err.code, 'VM_NOT_FOUND');
   assert.ok(err.requestId, 'X-Request-ID is exposed');
   assert.equal((await client.system.version()).api_version, 'v1');
+});
+
+test('e2e: a {wait: false} start returns its operation; waiting on it ends with the VM running', { skip, timeout: 300_000 * scale }, async () => {
+  const client = await getClient();
+  const vm = await client.vms.create({ name: `sdk-op-${Date.now().toString(36)}`, cpu: 1, memory: 256, disk: 1 });
+  created.push(vm.id);
+  const starting = await client.vms.start(vm.id, { wait: false });
+  assert.match(starting.operation?.id ?? '', /^op-[0-9a-f]{12}$/);
+  assert.deepEqual([starting.operation.type, starting.operation.resource_id], ['vm.start', vm.id]);
+  const op = await client.operations.wait(starting.operation, { timeoutMs: 240_000 * scale, throwOnFailure: true });
+  assert.equal(op.status, 'succeeded');
+  assert.equal(op.result?.vm_id, vm.id);
+  assert.equal((await client.vms.get(vm.id)).status, 'running');
+  assert.equal((await client.operations.get(op.id)).status, 'succeeded');
+  assert.ok((await client.operations.listPage({ resource_id: vm.id })).operations.some((o) => o.id === op.id));
+  await assert.rejects(client.operations.cancel(op.id), { name: 'ConflictError', code: 'NOT_CANCELLABLE' });
+  await assert.rejects(client.operations.get('op-000000000000'), { name: 'NotFoundError', code: 'OPERATION_NOT_FOUND' });
+
+  await client.vms.delete(vm.id, { force: true });
+  created.splice(created.indexOf(vm.id), 1);
 });
 
 test('e2e: events socket accepts a subscription', { skip, timeout: 30_000 }, async () => {

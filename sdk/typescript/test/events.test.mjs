@@ -120,6 +120,21 @@ test('first connection failure rejects subscribe with a TransportError', async (
   await assert.rejects(c.events.subscribe('vm-status-all', () => {}), { name: 'TransportError' });
 });
 
+test("the 'operations' topic delivers operation messages only", async () => {
+  const c = makeClient();
+  const got = [];
+  const sub = await c.events.subscribe('operations', (ev) => got.push(ev));
+  const conn = await server.socket(0);
+  const subscribe = await server.message(conn, isSub);
+  assert.deepEqual(subscribe.data, { topic: 'operations' });
+  push(conn, 'vm-status', { vmId: 'vm-1', status: 'running', eventId: 1 }); // not an operation
+  push(conn, 'operation', { id: 'op-1', type: 'vm.start', status: 'succeeded', resource_id: 'vm-1', eventId: 2 });
+  await until(() => got.length === 1);
+  assert.deepEqual([got[0].type, got[0].data.id, got[0].data.eventId], ['operation', 'op-1', 2]);
+  sub.unsubscribe();
+  await until(() => conn.ws.readyState === 3);
+});
+
 test('matchesTopic', () => {
   const ev = (type, data) => ({ type, data });
   assert.ok(matchesTopic({ topic: 'vm-status-all' }, ev('vm-status', { vmId: 'x' })));
@@ -127,4 +142,8 @@ test('matchesTopic', () => {
   assert.ok(!matchesTopic({ topic: 'vm-status', vmId: 'x' }, ev('vm-status', { vmId: 'y' })));
   assert.ok(matchesTopic({ topic: 'vm-metrics', vmId: 'x' }, ev('whatever', { topic: 'vm-metrics', vmId: 'x' })));
   assert.ok(!matchesTopic({ topic: 'system-monitor' }, ev('vm-metrics', {})));
+  assert.ok(matchesTopic({ topic: 'operations' }, ev('operation', { id: 'op-1', type: 'vm.start' })));
+  assert.ok(matchesTopic({ topic: 'operations' }, ev('subscribed', { topic: 'operations' })));
+  assert.ok(!matchesTopic({ topic: 'operations' }, ev('vm-status', { vmId: 'x' })));
+  assert.ok(!matchesTopic({ topic: 'vm-status-all' }, ev('operation', { id: 'op-1' })));
 });

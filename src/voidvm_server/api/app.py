@@ -17,6 +17,7 @@ from voidvm_server.api.hosts import HostPolicy, hostname
 from voidvm_server.api.metrics import RequestMetrics
 from voidvm_server.api.middleware import RequestContextMiddleware
 from voidvm_server.api.routes import auth, images, metrics, system, users, vms
+from voidvm_server.api.routes import operations as operation_routes
 from voidvm_server.api.routes.images import UPLOAD_PATH
 from voidvm_server.api.ws import logfilter as ws_logfilter
 from voidvm_server.api.ws import routes as ws_routes
@@ -42,9 +43,11 @@ from voidvm_server.services.images import ImageService
 from voidvm_server.services.live_config import LiveConfigStore
 from voidvm_server.services.login_guard import LoginGuard
 from voidvm_server.services.monitor import ResourceMonitor
+from voidvm_server.services.operations import OperationService
 from voidvm_server.services.ratelimit import RateLimiter
 from voidvm_server.services.system import SystemService
 from voidvm_server.services.system_events import LifecycleEvents
+from voidvm_server.services.tasks import BackgroundTasks
 from voidvm_server.services.tickets import TicketService
 from voidvm_server.services.users import UserService
 from voidvm_server.services.vms import VMService
@@ -120,7 +123,11 @@ async def build_container(settings: Settings, driver_factory: DriverFactory | No
         access_ttl=settings.access_token_ttl_seconds,
         refresh_ttl=settings.refresh_token_ttl_seconds,
     )
-    images = ImageService(db, settings, qemu_img, default_image=lambda: live.current.default_image)
+    tasks = BackgroundTasks()
+    operations = OperationService(db, bus, tasks)
+    images = ImageService(
+        db, settings, qemu_img, default_image=lambda: live.current.default_image, operations=operations
+    )
     hashing = PasswordHashing(
         workers=settings.password_hash_workers, max_in_flight=settings.login_max_concurrent
     )
@@ -138,7 +145,9 @@ async def build_container(settings: Settings, driver_factory: DriverFactory | No
         auth=auth_service,
         users=users,
         images=images,
-        vms=VMService(db, driver, images, bus, live, settings, disk_reserve(settings)),
+        vms=VMService(db, driver, images, bus, live, settings, disk_reserve(settings), operations, tasks),
+        operations=operations,
+        tasks=tasks,
         audit=AuditLog(db),
         monitor=ResourceMonitor(driver, settings.stats_interval_seconds),
         system=SystemService(db),
@@ -175,6 +184,7 @@ async def start_services(container: Container) -> None:
             "Change it with PUT /api/v1/auth/password or 'voidvm-server user passwd admin'."
         )
     await container.images.recover()
+    await container.operations.recover()
     await container.vms.recovery.reconcile()
     container.auth.start()
     container.monitor.start()
@@ -190,8 +200,8 @@ async def stop_services(container: Container) -> None:
     container.lifecycle.stop()
     await container.monitor.stop()
     await container.auth.stop()
-    await container.vms.close()
-    await container.images.close()
+    await container.tasks.close()
+    container.operations.close()
     await container.driver.close()
     await container.db.close()
 
@@ -233,7 +243,7 @@ def create_app(
     app.state.registry = CollectorRegistry()
     app.state.request_metrics = RequestMetrics(app.state.registry)
     errors.install(app)
-    for module in (auth, users, vms, images, system):
+    for module in (auth, users, vms, images, operation_routes, system):
         app.include_router(module.router, prefix=API_PREFIX)
     app.include_router(metrics.router)
     app.include_router(ws_routes.router)

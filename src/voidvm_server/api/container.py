@@ -19,9 +19,11 @@ from voidvm_server.services.console import ConsoleHub
 from voidvm_server.services.images import ImageService
 from voidvm_server.services.live_config import LiveConfigStore
 from voidvm_server.services.monitor import ResourceMonitor
+from voidvm_server.services.operations import OperationService
 from voidvm_server.services.ratelimit import RateLimiter
 from voidvm_server.services.system import SystemService
 from voidvm_server.services.system_events import LifecycleEvents
+from voidvm_server.services.tasks import BackgroundTasks
 from voidvm_server.services.tickets import TicketService
 from voidvm_server.services.users import UserService
 from voidvm_server.services.vms import VMService
@@ -41,6 +43,8 @@ class Container:
     users: UserService
     images: ImageService
     vms: VMService
+    operations: OperationService
+    tasks: BackgroundTasks
     audit: AuditLog
     monitor: ResourceMonitor
     system: SystemService

@@ -7,12 +7,8 @@ from typing import Any
 
 from voidvm_server.domain.models import GUEST_IP, VM, ApiToken, AuditEntry, Image, User
 from voidvm_server.drivers.base import VMStats
-
-
-def iso(value: datetime | None) -> str | None:
-    """UTC to the second, e.g. 2026-11-29T03:10:00Z (every stored time is UTC; isoformat is C and
-    several times cheaper than strftime, which shows on a page of VMs)."""
-    return value.isoformat(timespec="seconds")[:19] + "Z" if value else None
+from voidvm_server.services.clock import iso as iso
+from voidvm_server.services.operations import operation_json as operation_json
 
 
 def user_json(user: User) -> dict[str, Any]:

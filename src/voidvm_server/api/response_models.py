@@ -14,10 +14,12 @@ from typing import Annotated, Any, Generic, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field
 
 from voidvm_server.domain.models import ImageFormat, ImageStatus, Role, UserStatus, VMStatus
+from voidvm_server.domain.operations import OperationStatus
 from voidvm_server.services.live_config import LiveConfig
 
 __all__ = [
     "ERROR_RESPONSES",
+    "AcceptedEnvelope",
     "ApiTokenList",
     "ApiTokenPublic",
     "AuditEntryPublic",
@@ -36,6 +38,8 @@ __all__ = [
     "LiveConfig",
     "LoginData",
     "LoginEnvelope",
+    "OperationList",
+    "OperationPublic",
     "Pagination",
     "PermissionList",
     "ReadyStatus",
@@ -325,6 +329,41 @@ class ImagePublic(Public):
 
 class ImageList(Public):
     images: list[ImagePublic]
+
+
+# -- operations ----------------------------------------------------------------------------------
+class OperationError(Public):
+    code: str = Field(examples=["INTERRUPTED"])
+    message: str
+
+
+class OperationPublic(Public):
+    id: str = Field(examples=["op-1a2b3c4d5e6f"])
+    type: str = Field(examples=["vm.start", "image.pull", "image.import"])
+    status: OperationStatus
+    progress: int | None = Field(description="0-100, or null when the work cannot tell")
+    message: str
+    resource_type: str = Field(examples=["vm", "image"])
+    resource_id: str
+    owner: str | None = Field(description="the id of the user whose operation it is")
+    created_at: Timestamp
+    updated_at: Timestamp
+    finished_at: Timestamp | None
+    error: OperationError | None = Field(description="when failed")
+    result: dict[str, Any] | None = Field(description="when succeeded, e.g. {vm_id, status}")
+    cancellable: bool
+
+
+class OperationList(Public):
+    operations: list[OperationPublic]
+    pagination: Pagination
+
+
+class AcceptedEnvelope(Envelope[T], Generic[T]):
+    """A 202 answer: `data` as the finished call would hold it, and the operation doing the work
+    (its URL is in the `Location` header)."""
+
+    operation: OperationPublic
 
 
 # -- system --------------------------------------------------------------------------------------

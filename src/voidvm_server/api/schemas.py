@@ -97,3 +97,7 @@ class ImageImport(Body):
     path: str | None = Field(default=None, max_length=1024)
     aliases: list[str] = Field(default_factory=list, max_length=16)
     default: bool = False
+    wait: bool = Field(
+        default=True,
+        description="URL imports: false answers 202 at once with the operation doing the download",
+    )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from voidvm_server.domain.models import VMStatus
-from voidvm_server.errors import InvalidStateError
+from voidvm_server.errors import IllegalTransitionError, InvalidStateError
 
 S = VMStatus
 
@@ -12,11 +12,13 @@ TRANSITIONS: dict[VMStatus, frozenset[VMStatus]] = {
     S.STOPPED: frozenset({S.STARTING, S.DELETING, S.ERROR}),
     S.STARTING: frozenset({S.RUNNING, S.ERROR, S.STOPPED}),
     S.RUNNING: frozenset({S.STOPPING, S.PAUSED, S.REBOOTING, S.ERROR, S.STOPPED}),
-    S.STOPPING: frozenset({S.STOPPED, S.ERROR, S.RUNNING, S.PAUSED}),  # back: QEMU did not answer
+    # back to running or paused: QEMU did not answer; deleting: a forced delete of a running VM
+    S.STOPPING: frozenset({S.STOPPED, S.ERROR, S.RUNNING, S.PAUSED, S.DELETING}),
     S.PAUSED: frozenset({S.RUNNING, S.STOPPING, S.ERROR, S.STOPPED}),
     S.REBOOTING: frozenset({S.RUNNING, S.ERROR, S.STOPPED}),
     S.DELETING: frozenset({S.ERROR}),
-    S.ERROR: frozenset({S.STARTING, S.DELETING, S.STOPPED}),
+    # running or paused: a restarted server found the VM's QEMU alive after all
+    S.ERROR: frozenset({S.STARTING, S.DELETING, S.STOPPED, S.RUNNING, S.PAUSED}),
 }
 
 # States an action may start from, with the specific code for the common mistakes.
@@ -60,4 +62,10 @@ def check_action(action: str, current: VMStatus) -> None:
 
 
 def can_move(current: VMStatus, target: VMStatus) -> bool:
-    return target in TRANSITIONS[current]
+    """Staying in a status (a new reason, a new pid) is always a legal move."""
+    return target is current or target in TRANSITIONS[current]
+
+
+def check_move(current: VMStatus, target: VMStatus) -> None:
+    if not can_move(current, target):
+        raise IllegalTransitionError(current.value, target.value)

@@ -439,6 +439,14 @@ class VMRepository:
         except IntegrityError as exc:
             raise ConflictError("You already have a VM with that name", code="NAME_CONFLICT") from exc
 
+    async def change_status(self, vm_id: str, expected: VMStatus, **values: Any) -> bool:
+        """Compare-and-set: write `values` only while the row's status is still `expected`; False
+        when another writer changed it first (or the row is gone)."""
+        result = await self.session.execute(
+            update(VMRow).where(VMRow.id == vm_id, VMRow.status == expected.value).values(**values)
+        )
+        return bool(result.rowcount)  # type: ignore[attr-defined]
+
     async def delete(self, vm_id: str) -> bool:
         """True when the row was there (and is now gone)."""
         result = await self.session.execute(delete(VMRow).where(VMRow.id == vm_id))

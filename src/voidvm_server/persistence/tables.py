@@ -136,3 +136,26 @@ class ConfigRow(Base):
     key: Mapped[str] = mapped_column(String(64), primary_key=True)
     value: Mapped[dict[str, object]] = mapped_column(JSON)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class OperationRow(Base):
+    """Long work: an image pull, a `wait: false` action (migration 0004)."""
+
+    __tablename__ = "operations"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    type: Mapped[str] = mapped_column(String(32))
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    progress: Mapped[int | None] = mapped_column(Integer)
+    message: Mapped[str] = mapped_column(Text, default="")
+    resource_type: Mapped[str] = mapped_column(String(16))
+    resource_id: Mapped[str] = mapped_column(String(64), index=True)
+    owner_id: Mapped[str | None] = mapped_column(String(32), index=True)
+    cancellable: Mapped[bool] = mapped_column(default=False)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    error: Mapped[dict[str, object] | None] = mapped_column(JSON)
+    result: Mapped[dict[str, object] | None] = mapped_column(JSON)
+
+
+Index("ix_operations_newest_first", OperationRow.created_at.desc(), OperationRow.id)

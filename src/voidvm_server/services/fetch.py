@@ -15,7 +15,7 @@ import asyncio
 import hashlib
 import ipaddress
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -122,6 +122,9 @@ async def resolve(host: str, port: int) -> list[str]:
     return [str(info[4][0]) for info in infos]
 
 
+ProgressReport = Callable[[int, int | None], Awaitable[None]]
+
+
 async def download(
     url: str,
     dest: Path,
@@ -130,16 +133,24 @@ async def download(
     allow_private: bool = False,
     timeout: float = 60.0,
     algorithm: str = "sha256",
+    on_progress: ProgressReport | None = None,
 ) -> str:
-    """Stream `url` into `dest`; return the hex digest (`algorithm`) of what was written."""
+    """Stream `url` into `dest`; return the hex digest (`algorithm`) of what was written.
+    `on_progress` hears (bytes written, bytes expected or None) after every chunk."""
     try:
-        return await _download(url, dest, max_bytes, allow_private, timeout, algorithm)
+        return await _download(url, dest, max_bytes, allow_private, timeout, algorithm, on_progress)
     except httpx.HTTPError as exc:  # refused, reset, timed out, bad TLS: the URL's fault, not ours
         raise ValidationError("url", f"the download failed ({type(exc).__name__})") from exc
 
 
 async def _download(
-    url: str, dest: Path, max_bytes: int, allow_private: bool, timeout: float, algorithm: str
+    url: str,
+    dest: Path,
+    max_bytes: int,
+    allow_private: bool,
+    timeout: float,
+    algorithm: str,
+    on_progress: ProgressReport | None,
 ) -> str:
     digest = hashlib.new(algorithm)
     async with _client(timeout) as client:
@@ -161,6 +172,8 @@ async def _download(
                             raise ValidationError("url", f"the image is larger than {max_bytes} bytes")
                         digest.update(chunk)
                         await asyncio.to_thread(handle.write, chunk)
+                        if on_progress is not None:
+                            await on_progress(written, int(declared) if declared.isdigit() else None)
                 return digest.hexdigest()
     raise ValidationError("url", "too many redirects")
 

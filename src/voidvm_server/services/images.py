@@ -7,17 +7,17 @@ from __future__ import annotations
 
 import asyncio
 import builtins
-import contextlib
 import logging
 import re
 import shutil
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from voidvm_server.config import Settings
 from voidvm_server.domain.models import Image, ImageFormat, ImageStatus
+from voidvm_server.domain.operations import Operation
 from voidvm_server.drivers.base import BootMedia
 from voidvm_server.drivers.qemu.images import QemuImg
 from voidvm_server.errors import (
@@ -32,6 +32,7 @@ from voidvm_server.services import catalog
 from voidvm_server.services.clock import now
 from voidvm_server.services.fetch import download, fetch_text
 from voidvm_server.services.ids import is_valid_id, new_id
+from voidvm_server.services.operations import OperationService, Progress
 
 log = logging.getLogger(__name__)
 IMAGE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -81,6 +82,31 @@ def named_image(images: builtins.list[Image], name: str) -> Image | None:
     return next((i for i in images if key == i.name.lower() or key in (a.lower() for a in i.aliases)), None)
 
 
+def refuse_kernel_imports(fmt: ImageFormat) -> None:
+    if fmt is ImageFormat.KERNEL:
+        raise ValidationError(
+            "format",
+            "kernel images cannot be imported: the built-in one is made by "
+            "'voidvm-server image build-tiny'; import a qcow2, raw or iso disk",
+        )
+
+
+def pull_failure(exc: BaseException) -> str:
+    if isinstance(exc, asyncio.CancelledError):
+        return "the pull was cancelled or cut short"
+    return exc.message if isinstance(exc, VoidVMError) else f"download failed: {exc}"
+
+
+def progress_of(progress: Progress) -> Callable[[int, int | None], Awaitable[None]]:
+    """A download's byte counts as its operation's percent (99 at most: 100 once it is saved)."""
+
+    async def report(written: int, expected: int | None) -> None:
+        percent = min(99, written * 100 // expected) if expected else None
+        await progress.report(percent, f"{written / 1024**2:.1f} MiB downloaded")
+
+    return report
+
+
 class ImageService:
     def __init__(
         self,
@@ -88,7 +114,9 @@ class ImageService:
         settings: Settings,
         qemu_img: QemuImg,
         default_image: Callable[[], str] | None = None,
+        operations: OperationService | None = None,
     ) -> None:
+        self.operations = operations  # pulls and URL imports run as operations (not needed otherwise)
         self.db = db
         self.settings = settings
         self.qemu_img = qemu_img
@@ -98,7 +126,6 @@ class ImageService:
         self.root.mkdir(parents=True, exist_ok=True)
         self.import_dir = settings.data_dir / "import"
         self._ready: dict[str, asyncio.Event] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
 
     def image_dir(self, image_id: str) -> Path:
         if not is_valid_id(image_id):
@@ -127,8 +154,9 @@ class ImageService:
             raise image_not_available(image)
         return image
 
-    async def resolve(self, os_name: str | None) -> Image:
-        """The image a VM's `os` names (name or alias), the default one, or a catalog pull."""
+    async def resolve(self, os_name: str | None, *, requested_by: str) -> Image:
+        """The image a VM's `os` names (name or alias), the default one, or a catalog pull (an
+        operation of the user `requested_by`)."""
         images = await self.list()
         if os_name is None or os_name == "":
             flagged = next((i for i in images if i.is_default), None)
@@ -145,9 +173,14 @@ class ImageService:
         if entry is None:
             known = sorted({i.name for i in images} | {c.name for c in catalog.CATALOG})
             raise ValidationError("os", f"unknown image; available: {', '.join(known)}")
-        return await self._pull_catalog(entry)
+        return await self._pull_catalog(entry, requested_by)
 
-    async def _pull_catalog(self, entry: catalog.CatalogImage) -> Image:
+    def _operations(self) -> OperationService:
+        if self.operations is None:
+            raise RuntimeError("this image store was built without operations")
+        return self.operations
+
+    async def _pull_catalog(self, entry: catalog.CatalogImage, owner_id: str) -> Image:
         image = self._new_record(entry.name, ImageFormat(entry.format), entry.url)
         image.aliases = list(entry.aliases)
         image.status = ImageStatus.DOWNLOADING
@@ -156,10 +189,18 @@ class ImageService:
                 await ImageRepository(s).add(image)
         except ConflictError:  # another request started the same pull first
             return await self.get(entry.name)
-        self._spawn(self._download_catalog(image, entry))
+
+        async def pull(progress: Progress) -> dict[str, Any]:
+            await self._download_catalog(image, entry, progress)
+            return {"image_id": image.id}
+
+        await self._operations().start(
+            "image.pull", pull, resource_type="image", resource_id=image.id, owner_id=owner_id,
+            cancellable=True, message=f"pulling {entry.name}",
+        )  # fmt: skip
         return image
 
-    async def _download_catalog(self, image: Image, entry: catalog.CatalogImage) -> None:
+    async def _download_catalog(self, image: Image, entry: catalog.CatalogImage, progress: Progress) -> None:
         directory = self.image_dir(image.id)
         directory.mkdir(parents=True, exist_ok=True)
         target = directory / DISK_FILE[image.format]
@@ -172,21 +213,26 @@ class ImageService:
                 raise ValidationError("os", "the publisher's checksum file does not list the image")
             algorithm = "sha512" if len(expected) == 128 else "sha256"
             digest = await download(
-                entry.url, target, max_bytes=self.settings.max_upload_bytes, algorithm=algorithm
-            )
+                entry.url, target, max_bytes=self.settings.max_upload_bytes, algorithm=algorithm,
+                on_progress=progress_of(progress),
+            )  # fmt: skip
             if digest != expected:
                 raise ValidationError("os", "the downloaded image does not match its checksum")
             await self._finish(image, target)
-        except Exception as exc:  # any failure becomes the image's status, not a crash
-            reason = exc.message if isinstance(exc, VoidVMError) else f"download failed: {exc}"
+        except BaseException as exc:  # any failure becomes the image's status, not a crash
+            reason = pull_failure(exc)
             log.warning("Pulling image %s failed: %s", entry.name, reason)
-            await asyncio.to_thread(shutil.rmtree, directory, True)
-            async with self.db.session() as s:
-                await ImageRepository(s).update(
-                    image.id, status=ImageStatus.ERROR.value, status_reason=reason
-                )
+            await asyncio.shield(self._mark_failed(image.id, directory, reason))
+            if isinstance(exc, VoidVMError | asyncio.CancelledError):
+                raise
+            raise VoidVMError(reason, code="IMAGE_PULL_FAILED") from exc
         finally:
             self._ready.setdefault(image.id, asyncio.Event()).set()
+
+    async def _mark_failed(self, image_id: str, directory: Path, reason: str) -> None:
+        await asyncio.to_thread(shutil.rmtree, directory, True)
+        async with self.db.session() as s:
+            await ImageRepository(s).update(image_id, status=ImageStatus.ERROR.value, status_reason=reason)
 
     async def wait_ready(self, image_id: str) -> Image:
         """Wait for a pull to finish; the image comes back `available` or `error`."""
@@ -196,11 +242,6 @@ class ImageService:
             await event.wait()
             image = await self.get(image_id)
         return image
-
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.ensure_future(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
 
     def _new_record(self, name: str, fmt: ImageFormat, source: str) -> Image:
         if not IMAGE_NAME.match(name):
@@ -234,33 +275,19 @@ class ImageService:
     async def import_image(
         self, name: str, fmt: ImageFormat, source: ImageSource, aliases: builtins.list[str]
     ) -> Image:
-        if fmt is ImageFormat.KERNEL:
-            raise ValidationError(
-                "format",
-                "kernel images cannot be imported: the built-in one is made by "
-                "'voidvm-server image build-tiny'; import a qcow2, raw or iso disk",
-            )
-        image = self._new_record(name, fmt, "upload" if source.upload else source.url or "file")
+        refuse_kernel_imports(fmt)
+        image = self._new_record(name, fmt, "upload" if source.upload else "file")
         image.aliases = [a for a in aliases if IMAGE_NAME.match(a)]
         directory = self.image_dir(image.id)
         directory.mkdir(parents=True)
         target = directory / DISK_FILE[fmt]
         try:
-            if source.url is not None:
-                if not self.settings.image_url_imports:
-                    raise ValidationError("url", "URL imports are disabled on this server")
-                await download(
-                    source.url,
-                    target,
-                    max_bytes=self.settings.max_upload_bytes,
-                    allow_private=self.settings.image_allow_private_urls,
-                )
-            elif source.path is not None:
+            if source.path is not None:
                 await asyncio.to_thread(shutil.copyfile, self._import_path(source.path), target)
             elif source.upload is not None:
                 await self._save_upload(source.upload, target)
             else:
-                raise ValidationError("url", "give a url, a path or a file")
+                raise ValidationError("url", "give a path or a file (URLs: import_from_url)")
             info = await self.qemu_img.inspect(target, fmt.value)
             image.size_bytes = target.stat().st_size
             image.virtual_size_bytes = info.virtual_size
@@ -271,6 +298,49 @@ class ImageService:
             await asyncio.to_thread(shutil.rmtree, directory, True)
             raise
         return image
+
+    async def import_from_url(
+        self, name: str, fmt: ImageFormat, url: str, aliases: builtins.list[str], *, owner_id: str
+    ) -> tuple[Image, Operation, asyncio.Task[Any]]:
+        """Begin downloading `url` as a new image (`downloading`, as an `image.import` operation);
+        the image, its operation, and the task to await for the outcome. A failed or cancelled
+        import leaves no image behind."""
+        refuse_kernel_imports(fmt)
+        if not self.settings.image_url_imports:
+            raise ValidationError("url", "URL imports are disabled on this server")
+        image = self._new_record(name, fmt, url)
+        image.aliases = [a for a in aliases if IMAGE_NAME.match(a)]
+        image.status = ImageStatus.DOWNLOADING
+        async with self.db.session() as s:
+            await ImageRepository(s).add(image)  # a name conflict answers here, before any download
+
+        async def fetch(progress: Progress) -> dict[str, Any]:
+            directory = self.image_dir(image.id)
+            try:
+                directory.mkdir(parents=True)
+                target = directory / DISK_FILE[fmt]
+                await download(
+                    url, target, max_bytes=self.settings.max_upload_bytes,
+                    allow_private=self.settings.image_allow_private_urls, on_progress=progress_of(progress),
+                )  # fmt: skip
+                await self._finish(image, target)
+            except BaseException:
+                await asyncio.shield(self._forget(image.id, directory))
+                raise
+            finally:
+                self._ready.setdefault(image.id, asyncio.Event()).set()
+            return {"image_id": image.id}
+
+        op, task = await self._operations().start(
+            "image.import", fetch, resource_type="image", resource_id=image.id, owner_id=owner_id,
+            cancellable=True, message=f"importing {name}",
+        )  # fmt: skip
+        return image, op, task
+
+    async def _forget(self, image_id: str, directory: Path) -> None:
+        await asyncio.to_thread(shutil.rmtree, directory, True)
+        async with self.db.session() as s:
+            await ImageRepository(s).delete(image_id)
 
     def _import_path(self, relative: str) -> Path:
         """Only files inside the import directory: no user-supplied host path is opened."""
@@ -349,10 +419,3 @@ class ImageService:
                 if image.status is ImageStatus.DOWNLOADING:
                     await repo.update(image.id, status=ImageStatus.ERROR.value,
                                       status_reason="the download was interrupted by a restart")  # fmt: skip
-
-    async def close(self) -> None:
-        for task in list(self._tasks):
-            task.cancel()
-        for task in list(self._tasks):
-            with contextlib.suppress(asyncio.CancelledError):
-                await task

@@ -46,7 +46,7 @@ class VMRecovery:
             except Exception as exc:  # one VM must not keep the server from starting
                 message = exc.message if isinstance(exc, VoidVMError) else "internal error"
                 log.warning("Reconciling VM %s failed: %s", vm.id, message, exc_info=exc)
-                await self.svc._set_status(vm.id, S.ERROR, f"could not re-attach: {message}")
+                await self.svc.state.set(vm.id, S.ERROR, f"could not re-attach: {message}")
         for orphan in set(self.svc.driver.known_run_dirs()) - known:
             log.warning("Run directory %s belongs to no VM; leaving it untouched", orphan)
 
@@ -68,20 +68,20 @@ class VMRecovery:
                 # (werror=enospc), maybe while the server was down.
                 reason = DISK_FULL_REASON
             if (vm.status, vm.pid, vm.status_reason) != (status, pid, reason):
-                await self.svc._set_status(vm.id, status, reason, pid=pid, started_at=vm.started_at or now())
+                await self.svc.state.set(vm.id, status, reason, pid=pid, started_at=vm.started_at or now())
             log.info("Re-attached to VM %s (pid %d)", vm.id, pid)
             return
         gone = {"pid": None, "started_at": None}  # the SSH port stays the VM's
         meanwhile = "while the server was down" if server_restarted else "while the database was unavailable"
         match vm.status:
             case S.RUNNING | S.PAUSED:
-                await self.svc._set_status(vm.id, S.ERROR, f"the QEMU process ended {meanwhile}", **gone)
+                await self.svc.state.set(vm.id, S.ERROR, f"the QEMU process ended {meanwhile}", **gone)
             case S.STARTING | S.REBOOTING:
                 what = "start" if vm.status is S.STARTING else "restart"
-                await self.svc._set_status(vm.id, S.ERROR, f"the VM's {what} was interrupted {meanwhile}; "
+                await self.svc.state.set(vm.id, S.ERROR, f"the VM's {what} was interrupted {meanwhile}; "
                                        "start it again", **gone)  # fmt: skip
             case S.STOPPING:
-                await self.svc._set_status(vm.id, S.STOPPED, **gone)
+                await self.svc.state.set(vm.id, S.STOPPED, **gone)
             case S.CREATING if server_restarted:
                 await self._finish_interrupted_create(vm)  # its client got no answer at all
             case S.CREATING:
@@ -94,24 +94,24 @@ class VMRecovery:
     async def _finish_interrupted_create(self, vm: VM) -> None:
         """A create the server did not see through: its row and quota are there, maybe a disk."""
         if self.svc.driver.has_disk(vm.id):  # complete: disks are renamed into place when whole
-            await self.svc._set_status(vm.id, S.STOPPED)
+            await self.svc.state.set(vm.id, S.STOPPED)
             return
         image = await self.svc.images.get(vm.image_id)
         if image.status is ImageStatus.DOWNLOADING:
             return  # a live server's pull task finishes it (a restart marks such pulls failed)
         if image.status is not ImageStatus.AVAILABLE:
             why = image.status_reason or image.status.value
-            await self.svc._set_status(vm.id, S.ERROR, f"image '{image.name}': {why}")
+            await self.svc.state.set(vm.id, S.ERROR, f"image '{image.name}': {why}")
             return
         await self.svc.driver.destroy(vm.id)  # at most a partial disk of this very create
         try:
             self.svc._check_fits(image, vm.disk_gb)
             await self.svc.driver.prepare_disk(vm.id, self.svc.images.media(image), vm.disk_gb)
         except VoidVMError as exc:
-            await self.svc._set_status(vm.id, S.ERROR, f"creation was interrupted: {exc.message}")
+            await self.svc.state.set(vm.id, S.ERROR, f"creation was interrupted: {exc.message}")
             return
         log.info("Finished the interrupted creation of VM %s", vm.id)
-        await self.svc._set_status(vm.id, S.STOPPED)
+        await self.svc.state.set(vm.id, S.STOPPED)
 
     # -- the database went away in the middle of an action -----------------------------------------
     @contextlib.contextmanager
@@ -128,7 +128,7 @@ class VMRecovery:
     def _schedule_resync(self, vm_id: str) -> None:
         if vm_id not in self._resyncing:
             self._resyncing.add(vm_id)
-            self.svc._spawn(self._resync(vm_id))
+            self.svc.tasks.spawn(self._resync(vm_id))
 
     async def _resync(self, vm_id: str) -> None:
         delay = RESYNC_FIRST_DELAY
@@ -137,7 +137,7 @@ class VMRecovery:
                 await asyncio.sleep(delay)
                 try:
                     async with self.svc._lock(vm_id):
-                        vm = await self.svc._load(vm_id)
+                        vm = await self.svc.state.load(vm_id)
                         if vm is None:
                             self.svc._locks.pop(vm_id, None)
                             return

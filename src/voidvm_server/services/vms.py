@@ -12,6 +12,7 @@ Rules kept here:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import math
@@ -23,7 +24,8 @@ from typing import Any
 
 from voidvm_server.auth.principal import Principal
 from voidvm_server.config import Settings
-from voidvm_server.domain.models import GUEST_IP, VM, Image, ImageStatus, VMStatus
+from voidvm_server.domain.models import VM, Image, ImageStatus, VMStatus
+from voidvm_server.domain.operations import Operation
 from voidvm_server.domain.states import check_action
 from voidvm_server.drivers.base import Driver, VMSpec, VMStats
 from voidvm_server.errors import (
@@ -44,9 +46,12 @@ from voidvm_server.services.disk_reserve import DiskReserve
 from voidvm_server.services.ids import is_valid_id, new_id
 from voidvm_server.services.images import ImageService
 from voidvm_server.services.live_config import LiveConfigStore
+from voidvm_server.services.operations import OperationService, Progress
 from voidvm_server.services.ssh_ports import SshPorts, free_loopback_port
+from voidvm_server.services.tasks import BackgroundTasks
 from voidvm_server.services.vm_recovery import VMRecovery
 from voidvm_server.services.vm_requests import VMCreate, VMQuery, VMUpdate, parse_sort
+from voidvm_server.services.vm_state import VMStateStore
 
 __all__ = ["VMCreate", "VMQuery", "VMService", "VMUpdate", "free_loopback_port"]
 
@@ -72,8 +77,12 @@ class VMService:
         live: LiveConfigStore,
         settings: Settings,
         reserve: DiskReserve,
+        operations: OperationService,
+        tasks: BackgroundTasks,
     ) -> None:
         self.db = db
+        self.operations = operations
+        self.tasks = tasks
         self.reserve = reserve
         self.driver = driver
         self.images = images
@@ -82,8 +91,8 @@ class VMService:
         self.settings = settings
         self._locks: dict[str, asyncio.Lock] = {}
         self._expecting_exit: set[str] = set()
-        self._tasks: set[asyncio.Task[Any]] = set()
         self._crash_restarts = CrashRestarts()
+        self.state = VMStateStore(db, bus)
         self.ssh_ports = SshPorts(db, bus)
         self.recovery = VMRecovery(self)
         driver.set_exit_handler(self._on_process_exit)
@@ -91,18 +100,8 @@ class VMService:
 
     # -- reading -------------------------------------------------------------------------------
     async def get(self, principal: Principal, vm_id: str) -> VM:
-        vm = await self._load(vm_id) if is_valid_id(vm_id) else None
+        vm = await self.state.load(vm_id) if is_valid_id(vm_id) else None
         if vm is None or (not principal.is_admin and vm.owner_id != principal.id):
-            raise vm_not_found(vm_id)
-        return vm
-
-    async def _load(self, vm_id: str) -> VM | None:
-        async with self.db.reading() as s:
-            return await VMRepository(s).get(vm_id)
-
-    async def _reload(self, vm_id: str) -> VM:
-        vm = await self._load(vm_id)
-        if vm is None:
             raise vm_not_found(vm_id)
         return vm
 
@@ -152,7 +151,7 @@ class VMService:
             raise ValidationError("description", "at most 1000 characters")
         self._check_size(spec.cpu, spec.memory, spec.disk)
         await self.reserve.check()  # before the image: resolving it may start a catalog download
-        image = await self.images.resolve(spec.os)
+        image = await self.images.resolve(spec.os, requested_by=principal.id)
         if image.status is ImageStatus.ERROR:
             raise ValidationError("os", f"the image '{image.name}' is unusable: {image.status_reason}")
         self._check_fits(image, spec.disk)
@@ -188,10 +187,10 @@ class VMService:
             except BaseException:
                 self._locks.pop(vm.id, None)
                 raise
-            self._publish(vm, S.CREATING, None)
+            self.state.publish(vm, S.CREATING, None)
             if image.status is ImageStatus.DOWNLOADING:
                 starter = principal if spec.auto_start else None
-                self._spawn(self._finish_create_after_pull(vm, starter))
+                self.tasks.spawn(self._finish_create_after_pull(vm, starter))
                 return vm
             with self.recovery.resync_if_the_database_fails(vm.id):
                 await self._test_pause("after-create-insert")
@@ -201,7 +200,7 @@ class VMService:
                     await asyncio.shield(self._forget(vm))
                     raise
                 await self._test_pause("after-create-disk")
-                vm = await self._set_status(vm.id, S.STOPPED)
+                vm = await self.state.set(vm.id, S.STOPPED)
         if spec.auto_start:
             return await self._begin_auto_start(principal, vm)
         return vm
@@ -237,6 +236,8 @@ class VMService:
             ready = await self._complete_create_after_pull(vm)
         except VoidVMError as exc:  # never leave the VM 'creating' with nobody to finish it
             log.warning("Finishing the create of %s after its image pull failed: %s", vm.id, exc.message)
+            with contextlib.suppress(VoidVMError):  # unless a forced delete took it meanwhile
+                await self.state.set(vm.id, S.ERROR, f"the image could not be made ready: {exc.message}")
             return
         if ready and starter is not None:
             await self._begin_auto_start(starter, vm)
@@ -246,21 +247,21 @@ class VMService:
         image = await self.images.wait_ready(vm.image_id)
         async with self._lock(vm.id):
             with self.recovery.resync_if_the_database_fails(vm.id):
-                current = await self._load(vm.id)
+                current = await self.state.load(vm.id)
                 if current is None or current.status is not S.CREATING:
                     if current is None:
                         self._locks.pop(vm.id, None)
                     return False  # deleted (DELETE ?force=true) while the image was downloading
                 if image.status is not ImageStatus.AVAILABLE:
-                    await self._set_status(vm.id, S.ERROR, f"image '{image.name}': {image.status_reason}")
+                    await self.state.set(vm.id, S.ERROR, f"image '{image.name}': {image.status_reason}")
                     return False
                 try:
                     self._check_fits(image, vm.disk_gb)
                     await self.driver.prepare_disk(vm.id, self.images.media(image), vm.disk_gb)
                 except VoidVMError as exc:
-                    await self._set_status(vm.id, S.ERROR, exc.message)
+                    await self.state.set(vm.id, S.ERROR, exc.message)
                     return False
-                await self._set_status(vm.id, S.STOPPED)
+                await self.state.set(vm.id, S.STOPPED)
                 return True
 
     async def _begin_auto_start(self, principal: Principal, vm: VM) -> VM:
@@ -269,13 +270,13 @@ class VMService:
             return await self.action(principal, vm.id, "start", wait=False)
         except VoidVMError as exc:  # the VM exists all the same: it stays `stopped`
             log.warning("Auto-start of %s failed: %s", vm.id, exc.message)
-            return await self._load(vm.id) or vm  # gone if a forced delete came first
+            return await self.state.load(vm.id) or vm  # gone if a forced delete came first
 
     # -- update --------------------------------------------------------------------------------
     async def update(self, principal: Principal, vm_id: str, changes: VMUpdate) -> VM:
         vm = await self.get(principal, vm_id)
         async with self._lock(vm.id):
-            vm = await self._reload(vm.id)
+            vm = await self.state.reload(vm.id)
             values: dict[str, Any] = {}
             if changes.name is not None and changes.name != vm.name:
                 if not VM_NAME.match(changes.name):
@@ -310,9 +311,9 @@ class VMService:
                     await VMRepository(s).update(vm.id, **values)  # a name conflict stops here
                 if disk is not None:
                     await self.driver.grow_disk(vm.id, disk)  # last: its failure undoes the row
-            updated = await self._reload(vm.id)
+            updated = await self.state.reload(vm.id)
             if values:  # subscribers see renames and resizes too
-                self._publish(updated, updated.status, updated.status)
+                self.state.publish(updated, updated.status, updated.status)
             return updated
 
     # -- actions -------------------------------------------------------------------------------
@@ -329,14 +330,59 @@ class VMService:
         force: bool = False,
         timeout: float | None = None,
     ) -> VM:
-        """Run one lifecycle action. With wait=False, return once it is under way."""
+        """Run one lifecycle action. With wait=False, return once it is under way (`submit`)."""
+        if not wait:
+            vm, _ = await self.submit(principal, vm_id, action, force=force, timeout=timeout)
+            return vm
+        vm, work, lock = await self._begin_action(principal, vm_id, action, force, timeout)
+        try:
+            with self.recovery.resync_if_the_database_fails(vm.id):
+                return await work.run(vm)
+        finally:
+            lock.release()
+
+    async def submit(
+        self,
+        principal: Principal,
+        vm_id: str,
+        action: str,
+        *,
+        force: bool = False,
+        timeout: float | None = None,
+    ) -> tuple[VM, Operation]:
+        """Begin one lifecycle action and finish it as an operation: the VM as the action left
+        it when under way (`starting`, ...) and the operation to wait on."""
+        vm, work, lock = await self._begin_action(principal, vm_id, action, force, timeout)
+        try:
+            op = await self.operations.begin(
+                f"vm.{action}", resource_type="vm", resource_id=vm.id, owner_id=vm.owner_id
+            )
+        except BaseException:
+            lock.release()
+            raise
+
+        async def finish(_: Progress) -> dict[str, Any]:
+            try:
+                with self.recovery.resync_if_the_database_fails(vm.id):
+                    done = await work.run(vm)
+            finally:
+                lock.release()
+            return {"vm_id": done.id, "status": done.status.value}
+
+        self.operations.run(op, finish)
+        return vm, op
+
+    async def _begin_action(
+        self, principal: Principal, vm_id: str, action: str, force: bool, timeout: float | None
+    ) -> tuple[VM, _Work, asyncio.Lock]:
+        """Check and record an action's intent; the VM then, its work, and the VM's lock (held)."""
         permission = {"stop": "vm:stop", "pause": "vm:stop"}.get(action, "vm:start")
         principal.require(permission)
         vm = await self.get(principal, vm_id)
         lock = self._lock(vm.id)
         await lock.acquire()
         try:
-            vm = await self._reload(vm.id)
+            vm = await self.state.reload(vm.id)
             check_action(action, vm.status)
             if action == "start":
                 # Refused before the intent is written: the VM keeps its status and its reason.
@@ -349,23 +395,7 @@ class VMService:
         except BaseException:
             lock.release()
             raise
-        if not wait:
-            self._spawn(self._finish(vm, work.run, lock))
-            return vm
-        try:
-            with self.recovery.resync_if_the_database_fails(vm.id):
-                return await work.run(vm)
-        finally:
-            lock.release()
-
-    async def _finish(self, begun: VM, run: Callable[[VM], Awaitable[VM]], lock: asyncio.Lock) -> None:
-        try:
-            with self.recovery.resync_if_the_database_fails(begun.id):
-                await run(begun)
-        except VoidVMError as exc:
-            log.warning("Background action failed: %s", exc.message)
-        finally:
-            lock.release()
+        return vm, work, lock
 
     def _plan(self, vm: VM, action: str, force: bool, timeout: float) -> _Work:
         async def same() -> VM:
@@ -381,12 +411,12 @@ class VMService:
                 )
             case "stop":
                 return _Work(
-                    lambda: self._set_status(vm.id, S.STOPPING),
+                    lambda: self.state.set(vm.id, S.STOPPING, expected=vm.status),
                     lambda _: self._stop(vm, force, timeout),
                 )
             case "restart":
                 return _Work(
-                    lambda: self._set_status(vm.id, S.REBOOTING),
+                    lambda: self.state.set(vm.id, S.REBOOTING, expected=vm.status),
                     lambda _: self._restart(vm, force, timeout),
                 )
             case "pause":
@@ -401,7 +431,9 @@ class VMService:
         """The start's intent: `starting`, with the SSH port it will forward."""
         image = await self.images.get(vm.image_id)
         async with self.ssh_ports.claim(vm, image) as claim:
-            return await self._set_status(vm.id, S.STARTING, claim.note, ssh_port=claim.port)
+            return await self.state.set(
+                vm.id, S.STARTING, claim.note, expected=vm.status, ssh_port=claim.port
+            )
 
     async def _claim_ssh_port(self, vm: VM, image: Image) -> tuple[VM, str | None]:
         """For a start with no intent of its own (restarts): the port, recorded before the spawn."""
@@ -426,10 +458,10 @@ class VMService:
             why = "internal error while starting"
             if isinstance(exc, VoidVMError):
                 why = f"{exc.message}: {exc.details}" if exc.details else exc.message
-            await asyncio.shield(self._set_status(vm.id, S.ERROR, why, pid=None))
+            await asyncio.shield(self.state.set(vm.id, S.ERROR, why, pid=None))
             raise
         await self._test_pause("after-spawn")
-        return await self._set_status(vm.id, S.RUNNING, reason, pid=pid, started_at=now())
+        return await self.state.set(vm.id, S.RUNNING, reason, pid=pid, started_at=now())
 
     async def _power_off(self, vm: VM, force: bool, timeout: float) -> str | None:
         """The ACPI power button, then a kill after `timeout` s (at once with `force` or a timeout
@@ -465,7 +497,7 @@ class VMService:
     async def _stop(self, vm: VM, force: bool, timeout: float) -> VM:
         why = await self._power_off_or_undo(vm, force, timeout)
         # The SSH port stays in the row: the VM takes it again at its next start.
-        return await self._set_status(vm.id, S.STOPPED, why, pid=None, started_at=None)
+        return await self.state.set(vm.id, S.STOPPED, why, pid=None, started_at=None)
 
     async def _restart(self, vm: VM, force: bool, timeout: float) -> VM:
         why = await self._power_off_or_undo(vm, force, timeout)
@@ -477,13 +509,13 @@ class VMService:
             return await self._power_off(vm, force, timeout)
         except HypervisorTimeoutError:
             if self.driver.is_running(vm.id):
-                await asyncio.shield(self._set_status(vm.id, vm.status, vm.status_reason))
+                await asyncio.shield(self.state.set(vm.id, vm.status, vm.status_reason))
                 raise
             return None  # it ended meanwhile: the stop happened after all
 
     async def _simple(self, vm: VM, call: Callable[[str], Awaitable[None]], target: VMStatus) -> VM:
         await call(vm.id)
-        return await self._set_status(vm.id, target) if target != vm.status else vm
+        return await self.state.set(vm.id, target) if target != vm.status else vm
 
     # -- delete --------------------------------------------------------------------------------
     async def delete(self, principal: Principal, vm_id: str, *, force: bool = False) -> None:
@@ -495,15 +527,17 @@ class VMService:
         self._locks.pop(vm.id, None)
 
     async def _delete_locked(self, vm_id: str, force: bool) -> None:
-        vm = await self._reload(vm_id)
+        vm = await self.state.reload(vm_id)
+        expected = vm.status
         if force and vm.status in {S.RUNNING, S.PAUSED}:
-            await self._set_status(vm.id, S.STOPPING)
+            await self.state.set(vm.id, S.STOPPING, expected=vm.status)
             await self._power_off(vm, True, 0)
+            expected = S.STOPPING
         elif force and vm.status is S.CREATING:
             pass  # a pull in progress (other creates hold the lock until done): the row is enough
         else:
             check_action("delete", vm.status)
-        await self._set_status(vm.id, S.DELETING)
+        await self.state.set(vm.id, S.DELETING, expected=expected)
         await self._remove(vm)
 
     async def _remove(self, vm: VM) -> None:
@@ -541,47 +575,13 @@ class VMService:
             return vm, None, allocated
         return vm, await self.driver.stats(vm.id), allocated
 
-    # -- state and events ----------------------------------------------------------------------
-    async def _set_status(self, vm_id: str, status: VMStatus, reason: str | None = None, **values: Any) -> VM:
-        # Only VM fields named like their columns (pid, ssh_port, started_at) pass through `values`,
-        # so the new record is the old one with the changes: one read, one write.
-        changes = {"status_reason": reason, "updated_at": now(), **values}
-        async with self.db.session() as s:
-            repo = VMRepository(s)
-            before = await repo.get(vm_id)
-            if before is None:
-                raise vm_not_found(vm_id)
-            await repo.update(vm_id, status=status.value, **changes)
-        vm = dataclasses.replace(before, status=status, **changes)
-        self._publish(vm, status, before.status)
-        return vm
-
-    def _publish(self, vm: VM, status: VMStatus, previous: VMStatus | None) -> None:
-        self.bus.publish(
-            "vm-status",
-            {
-                "vmId": vm.id,
-                "status": status.value,
-                "previous": previous.value if previous else None,
-                "reason": vm.status_reason,
-                "cpu": vm.cpu,
-                "memory": vm.memory_mb,
-                "network": {
-                    "ip": GUEST_IP if vm.pid else None,
-                    "ports": vm.ports,
-                },
-            },
-            vm_id=vm.id,
-            owner_id=vm.owner_id,
-        )
-
     def _on_process_exit(self, vm_id: str, clean: bool, reason: str) -> None:
         if vm_id in self._expecting_exit:
             return  # the stop/restart/delete that asked for it records the outcome
-        self._spawn(self._record_exit(vm_id, clean, reason))
+        self.tasks.spawn(self._record_exit(vm_id, clean, reason))
 
     def _on_paused_by_hypervisor(self, vm_id: str, reason: str) -> None:
-        self._spawn(self._record_pause(vm_id, reason))
+        self.tasks.spawn(self._record_pause(vm_id, reason))
 
     async def _record_pause(self, vm_id: str, reason: str) -> None:
         """QEMU paused the guest itself (a disk write found the host's disk full)."""
@@ -590,13 +590,13 @@ class VMService:
         context.request_id.set(None)
         async with self._lock(vm_id):
             with self.recovery.resync_if_the_database_fails(vm_id):
-                vm = await self._load(vm_id)
+                vm = await self.state.load(vm_id)
                 # Behind the lock: an action that ran meanwhile (a stop, a resume that failed
                 # again) decided the status, unless the VM still runs or sits paused.
                 if vm is None or vm.status not in {S.RUNNING, S.PAUSED} or not self.driver.is_running(vm_id):
                     return
                 log.warning("VM %s paused by the hypervisor: %s", vm_id, reason)
-                await self._set_status(vm_id, S.PAUSED, reason)
+                await self.state.set(vm_id, S.PAUSED, reason)
 
     async def _record_exit(self, vm_id: str, clean: bool, reason: str) -> None:
         async with self._lock(vm_id):
@@ -604,7 +604,7 @@ class VMService:
                 await self._record_exit_locked(vm_id, clean, reason)
 
     async def _record_exit_locked(self, vm_id: str, clean: bool, reason: str) -> None:
-        vm = await self._load(vm_id)
+        vm = await self.state.load(vm_id)
         if vm is None:
             self._locks.pop(vm_id, None)
             return
@@ -614,25 +614,25 @@ class VMService:
             return  # a late report: the VM was started again since that process ended
         values = {"pid": None, "started_at": None}  # the SSH port stays the VM's
         if clean:
-            await self._set_status(vm_id, S.STOPPED, "the guest powered itself off", **values)
+            await self.state.set(vm_id, S.STOPPED, "the guest powered itself off", **values)
             return
         log.warning("VM %s: %s", vm_id, reason)
         delay, refusal = self._crash_restarts.plan(vm_id, self.live.current.restart_policy)
-        await self._set_status(vm_id, S.ERROR, f"{reason}; {refusal}" if refusal else reason, **values)
+        await self.state.set(vm_id, S.ERROR, f"{reason}; {refusal}" if refusal else reason, **values)
         if delay is not None:
-            self._spawn(self._restart_after_crash(vm_id, delay, reason))
+            self.tasks.spawn(self._restart_after_crash(vm_id, delay, reason))
 
     async def _restart_after_crash(self, vm_id: str, delay: float, crash: str) -> None:
         await asyncio.sleep(delay)
         async with self._lock(vm_id):
             with self.recovery.resync_if_the_database_fails(vm_id):
-                vm = await self._load(vm_id)
+                vm = await self.state.load(vm_id)
                 if vm is None or vm.status is not S.ERROR:
                     return  # deleted, or started or stopped by someone meanwhile
                 if self.live.current.restart_policy.mode != "on-crash":
                     return  # switched off during the backoff
                 log.warning("VM %s: restarting it after a crash (%s)", vm_id, crash)
-                vm = await self._set_status(vm_id, S.STARTING, f"automatic restart after: {crash}")
+                vm = await self.state.set(vm_id, S.STARTING, f"automatic restart after: {crash}")
                 try:
                     await self._start(vm)
                 except VoidVMError as exc:
@@ -647,16 +647,6 @@ class VMService:
         marker.write_text(f"{os.getpid()}\n")
         log.warning("VOIDVM_TEST_PAUSE_AT: paused at %s for good", point)
         await asyncio.Event().wait()
-
-    def _spawn(self, coro: Awaitable[Any]) -> None:
-        task = asyncio.ensure_future(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def close(self) -> None:
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
 
 
 @dataclass

@@ -15,11 +15,13 @@ from ._ws import Socket, open_socket, ws_url
 from .resources import (
     AsyncAuth,
     AsyncImages,
+    AsyncOperations,
     AsyncSystem,
     AsyncUsers,
     AsyncVMs,
     Auth,
     Images,
+    Operations,
     System,
     Users,
     VMs,
@@ -92,6 +94,7 @@ class VoidVMClient(_ClientBase):
         )
         self.vms = VMs(self._http)
         self.images = Images(self._http)
+        self.operations = Operations(self._http)
         self.users = Users(self._http)
         self.system = System(self._http)
         self.auth = Auth(self._http)
@@ -154,6 +157,7 @@ class AsyncVoidVMClient(_ClientBase):
         self._sockets: set[Socket] = set()
         self.vms = AsyncVMs(self._http)
         self.images = AsyncImages(self._http)
+        self.operations = AsyncOperations(self._http)
         self.users = AsyncUsers(self._http)
         self.system = AsyncSystem(self._http)
         self.auth = AsyncAuth(self._http)

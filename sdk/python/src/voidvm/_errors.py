@@ -7,8 +7,8 @@
      ├── AuthenticationError     401 UNAUTHORIZED, INVALID_TOKEN, TOKEN_EXPIRED, ...
      ├── PermissionDeniedError   403 FORBIDDEN, ACCOUNT_DISABLED
      │    └── QuotaExceededError 403 QUOTA_EXCEEDED
-     ├── NotFoundError           404 VM_NOT_FOUND, IMAGE_NOT_FOUND, ...
-     ├── ConflictError           409 VM_ALREADY_RUNNING, INVALID_STATE, NAME_CONFLICT, ...
+     ├── NotFoundError           404 VM_NOT_FOUND, IMAGE_NOT_FOUND, OPERATION_NOT_FOUND, ...
+     ├── ConflictError           409 VM_ALREADY_RUNNING, INVALID_STATE, NOT_CANCELLABLE, ...
      ├── RateLimitError          429 RATE_LIMIT_EXCEEDED, TOO_MANY_ATTEMPTS, ... (.retry_after)
      ├── ServerError             5xx INTERNAL_SERVER_ERROR, HYPERVISOR_UNAVAILABLE, ...
      ├── TransportError          no answer: connection refused, timeout, broken socket
@@ -164,7 +164,8 @@ class ConsoleStateError(VoidVMError):
 
 
 class WaitTimeoutError(VoidVMError, TimeoutError):
-    """A client-side wait (``vms.wait_for``, ``console.wait_for_output``) ran out of time."""
+    """A client-side wait (``vms.wait_for``, ``operations.wait``, ``console.wait_for_output``)
+    ran out of time."""
 
     default_code = "WAIT_TIMEOUT"
 
@@ -187,12 +188,15 @@ _BY_CODE: dict[str, type[VoidVMError]] = {
     "USER_NOT_FOUND": NotFoundError,
     "IMAGE_NOT_FOUND": NotFoundError,
     "TOKEN_NOT_FOUND": NotFoundError,
+    "OPERATION_NOT_FOUND": NotFoundError,
     "VM_ALREADY_RUNNING": ConflictError,
     "VM_NOT_RUNNING": ConflictError,
     "INVALID_STATE": ConflictError,
     "OPERATION_IN_PROGRESS": ConflictError,
     "NAME_CONFLICT": ConflictError,
     "IMAGE_IN_USE": ConflictError,
+    "IMAGE_NOT_AVAILABLE": ConflictError,
+    "NOT_CANCELLABLE": ConflictError,
     "RATE_LIMIT_EXCEEDED": RateLimitError,
     "TOO_MANY_ATTEMPTS": RateLimitError,
     "LOGIN_BUSY": RateLimitError,

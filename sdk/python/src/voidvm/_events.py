@@ -51,6 +51,12 @@ class Topics:
         return _without_none({"topic": "vm-metrics", "vmId": vm_id, "interval": interval})
 
     @staticmethod
+    def operations() -> Topic:
+        """Every change of the caller's operations (an admin's: everyone's), as ``operation``
+        events; ``event.operation`` is the :class:`~voidvm.Operation` as it now stands."""
+        return {"topic": "operations"}
+
+    @staticmethod
     def system_monitor(interval: float | None = None) -> Topic:
         return _without_none({"topic": "system-monitor", "interval": interval})
 

@@ -59,6 +59,9 @@ class Call(Generic[T]):
     authenticated: bool = True
     #: False for bodies that cannot be sent twice (streamed uploads).
     retryable: bool = True
+    #: ``parse`` is given the whole envelope rather than its ``data`` (a 202 answer also holds
+    #: the ``operation`` doing the work).
+    envelope: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,8 +141,9 @@ def error_from_response(response: httpx.Response) -> VoidVMError:
     )
 
 
-def unwrap(response: httpx.Response) -> Any:
-    """Return the envelope's ``data`` or raise the mapped error."""
+def unwrap(response: httpx.Response, *, envelope: bool = False) -> Any:
+    """Return the envelope's ``data`` (the whole envelope with ``envelope``) or raise the
+    mapped error."""
     if response.status_code >= 400:
         raise error_from_response(response)
     if response.status_code == 204 or not response.content:
@@ -154,7 +158,7 @@ def unwrap(response: httpx.Response) -> Any:
         )
     if body.get("success") is False:
         raise error_from_response(response)
-    return body.get("data")
+    return body if envelope else body.get("data")
 
 
 def _transport_error(exc: httpx.HTTPError, request: httpx.Request) -> TransportError:
@@ -256,7 +260,7 @@ class SyncHTTP(_Session):
             except httpx.HTTPError as exc:
                 raise _transport_error(exc, request) from exc
             try:
-                return call.parse(unwrap(response))
+                return call.parse(unwrap(response, envelope=call.envelope))
             except VoidVMError as error:
                 wait = self.retry_delay(call, error, attempt)
                 if wait is None:
@@ -297,7 +301,7 @@ class AsyncHTTP(_Session):
             except httpx.HTTPError as exc:
                 raise _transport_error(exc, request) from exc
             try:
-                return call.parse(unwrap(response))
+                return call.parse(unwrap(response, envelope=call.envelope))
             except VoidVMError as error:
                 wait = self.retry_delay(call, error, attempt)
                 if wait is None:

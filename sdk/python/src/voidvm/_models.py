@@ -14,13 +14,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Generic, Self, TypeVar
 
+from ._errors import VoidVMError, error_class_for
+
 __all__ = [
+    "OPERATION_FINISHED",
     "VM",
     "ApiToken",
     "ConsoleLog",
     "CreatedApiToken",
     "Image",
     "LoginResult",
+    "Operation",
     "Page",
     "Record",
     "User",
@@ -77,7 +81,8 @@ class Record(dict[str, Any]):
 
 
 class VM(Record):
-    """A virtual machine (``GET /vms/{id}``)."""
+    """A virtual machine (``GET /vms/{id}``). An action called with ``wait=False`` returns the
+    VM with one more key, ``operation``: the :class:`Operation` finishing the action."""
 
     id: str
     name: str
@@ -132,7 +137,8 @@ class ConsoleLog(Record):
 
 
 class Image(Record):
-    """A disk, ISO or kernel image."""
+    """A disk, ISO or kernel image. A URL import with ``wait=False`` returns it ``downloading``
+    with one more key, ``operation``: the :class:`Operation` doing the download."""
 
     id: str
     name: str
@@ -146,6 +152,66 @@ class Image(Record):
     source: str | None
     status_reason: str | None
     created_at: str
+
+
+#: The statuses an operation ends in; it never changes again after reaching one.
+OPERATION_FINISHED = frozenset({"succeeded", "failed", "cancelled"})
+
+
+class Operation(Record):
+    """Long work the server records (``GET /operations/{id}``): a VM action sent with
+    ``wait=False``, an image import from a URL or a catalog pull.
+
+    ``status`` is ``pending``, ``running``, ``succeeded``, ``failed`` or ``cancelled``;
+    ``progress`` is 0-100 or None when the work cannot tell. A failed operation has
+    ``error`` ``{code, message}``, a succeeded one its ``result`` (a VM action's is
+    ``{vm_id, status}``, an image import's ``{image_id}``).
+    """
+
+    id: str
+    type: str
+    status: str
+    progress: int | None
+    message: str
+    resource_type: str
+    resource_id: str
+    owner: str | None
+    created_at: str
+    updated_at: str
+    finished_at: str | None
+    error: Record | None
+    result: Record | None
+    cancellable: bool
+
+    @property
+    def finished(self) -> bool:
+        """True once it has succeeded, failed or been cancelled."""
+        return self.get("status") in OPERATION_FINISHED
+
+    @property
+    def succeeded(self) -> bool:
+        return self.get("status") == "succeeded"
+
+    def raise_for_failure(self) -> Self:
+        """Return the operation, unless it failed or was cancelled: a failed one raises the
+        :class:`~voidvm.VoidVMError` subclass its ``error.code`` maps to (``VALIDATION_ERROR``
+        raises :class:`~voidvm.ValidationError`, an unknown code :class:`~voidvm.VoidVMError`),
+        a cancelled one :class:`~voidvm.VoidVMError` with code ``OPERATION_CANCELLED``. The
+        error's ``details`` are ``{"operation": <its id>}``. One still running is returned."""
+        status = self.get("status")
+        details = {"operation": self.get("id")}
+        if status == "cancelled":
+            raise VoidVMError(
+                f"the {self.get('type')} operation was cancelled",
+                code="OPERATION_CANCELLED",
+                details=details,
+            )
+        if status == "failed":
+            error = self.get("error") or {}
+            code = str(error.get("code") or "OPERATION_FAILED")
+            message = str(error.get("message") or self.get("message") or "the operation failed")
+            raise error_class_for(None, code)(message, code=code, details=details)
+        return self
 
 
 class User(Record):

@@ -40,7 +40,7 @@ from ._errors import (
     error_class_for,
 )
 from ._http import parse_retry_after
-from ._models import Record
+from ._models import Operation, Record
 
 __all__ = ["Message", "Socket", "open_socket", "ws_url"]
 
@@ -88,6 +88,13 @@ class Message:
     def vm_id(self) -> str | None:
         value = self.data.get("vmId")
         return value if isinstance(value, str) else None
+
+    @property
+    def operation(self) -> Operation | None:
+        """The operation an ``operation`` event carries (without its ``eventId``), else None."""
+        if self.type != "operation":
+            return None
+        return Operation({k: v for k, v in self.data.items() if k != "eventId"})
 
 
 def decode(raw: str | bytes) -> Message:

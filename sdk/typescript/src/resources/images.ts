@@ -1,5 +1,5 @@
 import type { HttpClient, RequestOptions } from '../http.js';
-import type { CreateImageRequest, Image, UploadImageRequest } from '../types.js';
+import type { CreateImageRequest, Image, UploadImageRequest, WithOperation } from '../types.js';
 
 const enc = encodeURIComponent;
 
@@ -17,9 +17,12 @@ export class ImagesAPI {
     return this.http.request<Image>({ method: 'GET', path: `/images/${enc(idOrName)}`, ...opts });
   }
 
-  /** Admin: import from a URL (or a server-side path). */
-  create(body: CreateImageRequest, opts?: RequestOptions): Promise<Image> {
-    return this.http.request<Image>({ method: 'POST', path: '/images', body, ...opts });
+  /**
+   * Admin: import from a URL (or a server-side path); resolves once imported. A URL import with
+   * `wait: false` resolves at once (202) with the image (`downloading`) and its `operation`.
+   */
+  create(body: CreateImageRequest, opts?: RequestOptions): Promise<WithOperation<Image>> {
+    return this.http.requestAccepted<Image>({ method: 'POST', path: '/images', body, ...opts });
   }
 
   /** Admin: stream the image's bytes to `POST /images/upload?name=…&format=…`. */

@@ -17,6 +17,7 @@ import type {
   VMPage,
   VMStatus,
   WaitForOptions,
+  WithOperation,
 } from '../types.js';
 
 const enc = encodeURIComponent;
@@ -72,12 +73,21 @@ export class VMsAPI {
     await this.http.request<unknown>({ method: 'DELETE', path: `/vms/${enc(id)}`, query, ...opts });
   }
 
-  /** Runs a lifecycle action; resolves with the VM once the target state is reached (or at once with `wait: false`). */
-  action(id: string, action: VMAction, options?: VMActionOptions, opts?: RequestOptions): Promise<VM> {
+  /**
+   * Runs a lifecycle action; resolves with the VM once the target state is reached. With
+   * `wait: false` it resolves at once (202) with the VM as the action left it under way and its
+   * `operation`, for `client.operations.wait(vm.operation)`.
+   */
+  action(
+    id: string,
+    action: VMAction,
+    options?: VMActionOptions,
+    opts?: RequestOptions,
+  ): Promise<WithOperation<VM>> {
     // Let the HTTP timeout outlast the server-side wait.
     const timeoutMs =
       opts?.timeoutMs ?? (options?.timeout !== undefined ? (options.timeout + 30) * 1000 : undefined);
-    return this.http.request<VM>({
+    return this.http.requestAccepted<VM>({
       method: 'POST',
       path: `/vms/${enc(id)}/${action}`,
       body: options,
@@ -86,27 +96,27 @@ export class VMsAPI {
     });
   }
 
-  start(id: string, options?: VMActionOptions, opts?: RequestOptions): Promise<VM> {
+  start(id: string, options?: VMActionOptions, opts?: RequestOptions): Promise<WithOperation<VM>> {
     return this.action(id, 'start', options, opts);
   }
 
-  stop(id: string, options?: VMActionOptions, opts?: RequestOptions): Promise<VM> {
+  stop(id: string, options?: VMActionOptions, opts?: RequestOptions): Promise<WithOperation<VM>> {
     return this.action(id, 'stop', options, opts);
   }
 
-  restart(id: string, options?: VMActionOptions, opts?: RequestOptions): Promise<VM> {
+  restart(id: string, options?: VMActionOptions, opts?: RequestOptions): Promise<WithOperation<VM>> {
     return this.action(id, 'restart', options, opts);
   }
 
-  pause(id: string, options?: VMActionOptions, opts?: RequestOptions): Promise<VM> {
+  pause(id: string, options?: VMActionOptions, opts?: RequestOptions): Promise<WithOperation<VM>> {
     return this.action(id, 'pause', options, opts);
   }
 
-  resume(id: string, options?: VMActionOptions, opts?: RequestOptions): Promise<VM> {
+  resume(id: string, options?: VMActionOptions, opts?: RequestOptions): Promise<WithOperation<VM>> {
     return this.action(id, 'resume', options, opts);
   }
 
-  reset(id: string, options?: VMActionOptions, opts?: RequestOptions): Promise<VM> {
+  reset(id: string, options?: VMActionOptions, opts?: RequestOptions): Promise<WithOperation<VM>> {
     return this.action(id, 'reset', options, opts);
   }
 

@@ -1,10 +1,16 @@
 import { VoidVMError } from '../errors.js';
+import type { Operation } from '../types.js';
 import { ManagedSocket, type ServerMessage, type SocketOptions } from './socket.js';
 
-/** What to subscribe to. A bare string is a topic without parameters (e.g. `'vm-status-all'`). */
+/**
+ * What to subscribe to. A bare string is a topic without parameters (e.g. `'vm-status-all'`).
+ * `'operations'` delivers `operation` messages: every change of your operations (an admin's:
+ * everyone's), with the operation as `data` (`OperationEventData`).
+ */
 export type Topic =
   | { topic: 'vm-status'; vmId: string }
   | { topic: 'vm-status-all' }
+  | { topic: 'operations' }
   | { topic: 'vm-metrics'; vmId: string; interval?: number }
   | { topic: 'system-monitor'; interval?: number }
   | { topic: string; vmId?: string; interval?: number; [key: string]: unknown };
@@ -17,6 +23,9 @@ export interface EventData {
   vmId?: string;
   [key: string]: unknown;
 }
+
+/** Data of an `operation` message (topic `operations`): the operation as it now stands. */
+export type OperationEventData = Operation & EventData;
 
 export type VoidVMEvent = ServerMessage<EventData>;
 export type EventHandler = (event: VoidVMEvent) => void;
@@ -43,6 +52,7 @@ export function matchesTopic(topic: Topic, msg: ServerMessage<EventData>): boole
   if (typeof data.topic === 'string') {
     return data.topic === topic.topic && (wanted === undefined || wanted === vmId);
   }
+  if (topic.topic === 'operations') return msg.type === 'operation';
   const base = topic.topic === 'vm-status-all' ? 'vm-status' : topic.topic;
   if (msg.type === 'system-event') {
     return (base === 'vm-status' && (wanted === undefined || wanted === vmId)) || base === 'system-event';

@@ -9,9 +9,10 @@ from fastapi.responses import JSONResponse
 
 from voidvm_server.api.deps import ContainerDep, CurrentPrincipal, bearer_token
 from voidvm_server.api.envelope import ok
-from voidvm_server.api.presenters import pagination, stats_json, vm_json
+from voidvm_server.api.presenters import operation_json, pagination, stats_json, vm_json
 from voidvm_server.api.response_models import (
     ERROR_RESPONSES,
+    AcceptedEnvelope,
     ConsoleLog,
     ConsoleTicket,
     DeletedVM,
@@ -21,6 +22,7 @@ from voidvm_server.api.response_models import (
     VMMetrics,
     VMPublic,
 )
+from voidvm_server.api.routes.operations import operation_location
 from voidvm_server.api.schemas import Body, VMActionBody, VMCreateBody, VMUpdateBody
 from voidvm_server.errors import InvalidStateError
 from voidvm_server.services.clock import now
@@ -118,18 +120,25 @@ async def _action(
     container: ContainerDep,
 ) -> JSONResponse:
     options = body or VMActionBody()
+    operation = None
     try:
-        vm = await container.vms.action(
-            principal, vm_id, action,
-            wait=options.wait, force=options.force, timeout=options.timeout,
-        )  # fmt: skip
+        if options.wait:
+            vm = await container.vms.action(
+                principal, vm_id, action, force=options.force, timeout=options.timeout
+            )
+        else:
+            vm, operation = await container.vms.submit(
+                principal, vm_id, action, force=options.force, timeout=options.timeout
+            )
     except Exception as exc:
         await container.audit.record(f"vm.{action}", user=principal.user, target_type="vm",
                                      target_id=vm_id, result="failure", message=str(exc)[:200])  # fmt: skip
         raise
     await container.audit.record(f"vm.{action}", user=principal.user, target_type="vm", target_id=vm_id)
-    if not options.wait:
-        return ok(vm_json(vm), f"{action} accepted", 202)
+    if operation is not None:
+        answer = ok(vm_json(vm), f"{action} accepted", 202, operation=operation_json(operation))
+        answer.headers.update(operation_location(operation))
+        return answer
     return ok(vm_json(vm), DONE[action])
 
 
@@ -150,7 +159,11 @@ def _register(action: Action) -> None:
         summary=f"{action.capitalize()} a VM",
         responses={
             200: {"model": Envelope[VMPublic], "description": "The target state was reached"},
-            202: {"model": Envelope[VMPublic], "description": "Accepted (`wait: false`)"},
+            202: {
+                "model": AcceptedEnvelope[VMPublic],
+                "description": "Accepted (`wait: false`): the VM as the action left it under way, and "
+                "the operation finishing it (`Location: /api/v1/operations/{id}`)",
+            },
         },
     )
 

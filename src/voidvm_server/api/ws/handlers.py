@@ -65,10 +65,12 @@ async def _subscribe(s: Session, data: SubscribeData, msg_id: MessageId) -> None
     if vm_id is not None and data.topic in ("vm-status", "vm-metrics"):
         vm_id = (await s.container.vms.get(principal, vm_id)).id
     ack: dict[str, Any] = {"topic": data.topic}
-    if data.topic in ("vm-status", "vm-status-all", "system-event"):
+    if data.topic in ("vm-status", "vm-status-all", "system-event", "operations"):
         target = vm_id if data.topic == "vm-status" else None
         last = data.lastEventId if data.lastEventId is not None else s.resume_from
-        s.router.subscribe(target, last, system=data.topic == "system-event")
+        s.router.subscribe(
+            target, last, system=data.topic == "system-event", operations=data.topic == "operations"
+        )
         if target is not None:
             ack["vmId"] = target
         ack["lastEventId"] = s.container.bus.last_id
@@ -88,6 +90,8 @@ async def unsubscribe(s: Session, data: UnsubscribeData, msg_id: MessageId) -> N
         s.router.unsubscribe(None)
     elif data.topic == "system-event":
         s.router.unsubscribe(None, system=True)
+    elif data.topic == "operations":
+        s.router.unsubscribe(None, operations=True)
     elif data.topic == "vm-status" and data.vmId is not None:
         s.router.unsubscribe(data.vmId)
     elif data.topic == "vm-metrics" and data.vmId is not None:

@@ -28,7 +28,7 @@ CLOSE_CONFLICT = 4409  # raw streams: the VM is not running
 
 MessageId = Annotated[str, Field(max_length=128)] | int | None
 VmId = Annotated[str, Field(min_length=1, max_length=64)]
-Topic = Literal["vm-status", "vm-status-all", "system-event", "vm-metrics", "system-monitor"]
+Topic = Literal["vm-status", "vm-status-all", "system-event", "operations", "vm-metrics", "system-monitor"]
 Action = Literal["start", "stop", "restart", "pause", "resume", "reset"]
 MIN_INTERVAL, MAX_INTERVAL, DEFAULT_INTERVAL = 1.0, 3600.0, 5.0
 

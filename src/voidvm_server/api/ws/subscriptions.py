@@ -18,7 +18,7 @@ from collections.abc import Callable
 from voidvm_server.auth.principal import Principal
 from voidvm_server.events.bus import Event, EventBus
 
-EVENT_KINDS = frozenset({"vm-status", "system-event"})
+EVENT_KINDS = frozenset({"vm-status", "system-event", "operation"})
 
 
 class EventRouter:
@@ -39,6 +39,7 @@ class EventRouter:
         self.all_vms = False
         self.vm_ids: set[str] = set()
         self.system_events = False  # the `system-event` topic: system events of every visible VM
+        self.operations = False  # the `operations` topic: every change of the user's operations
         self._sent_up_to = 0  # the highest event id handed to the socket
         self._resume_from: int | None = None  # set while a resume is settling
         self._held: list[Event] = []
@@ -65,10 +66,14 @@ class EventRouter:
         self._timer = asyncio.get_running_loop().call_later(self.settle, self.flush)
 
     # -- subscriptions ---------------------------------------------------------------------------
-    def subscribe(self, vm_id: str | None, last_event_id: int | None, *, system: bool = False) -> None:
-        """`vm_id` None means every visible VM; `system` the system events only. The caller
-        checked the user may see `vm_id`."""
-        if system:
+    def subscribe(
+        self, vm_id: str | None, last_event_id: int | None, *, system: bool = False, operations: bool = False
+    ) -> None:
+        """`vm_id` None means every visible VM; `system` the system events only; `operations` the
+        user's operations only. The caller checked the user may see `vm_id`."""
+        if operations:
+            self.operations = True
+        elif system:
             self.system_events = True
         elif vm_id is None:
             self.all_vms = True
@@ -82,8 +87,10 @@ class EventRouter:
             self._resume_from = min(self._resume_from, last_event_id)
         self._arm()
 
-    def unsubscribe(self, vm_id: str | None, *, system: bool = False) -> None:
-        if system:
+    def unsubscribe(self, vm_id: str | None, *, system: bool = False, operations: bool = False) -> None:
+        if operations:
+            self.operations = False
+        elif system:
             self.system_events = False
         elif vm_id is None:
             self.all_vms = False
@@ -92,7 +99,7 @@ class EventRouter:
 
     @property
     def active(self) -> bool:
-        return self.all_vms or self.system_events or bool(self.vm_ids)
+        return self.all_vms or self.system_events or self.operations or bool(self.vm_ids)
 
     # -- delivery --------------------------------------------------------------------------------
     def matches(self, event: Event) -> bool:
@@ -101,6 +108,8 @@ class EventRouter:
         principal = self._principal()
         if principal is None or not (principal.is_admin or event.owner_id == principal.id):
             return False
+        if event.kind == "operation":
+            return self.operations
         if self.system_events and event.kind == "system-event":
             return True
         return self.all_vms or event.vm_id in self.vm_ids

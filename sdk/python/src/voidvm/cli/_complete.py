@@ -20,6 +20,7 @@ __all__ = [
     "COMPLETE_VAR",
     "SHELLS",
     "complete_image",
+    "complete_operation",
     "complete_token",
     "complete_user",
     "complete_vm",
@@ -77,6 +78,10 @@ def complete_vm(ctx: typer.Context, incomplete: str) -> list[str]:
 
 def complete_image(ctx: typer.Context, incomplete: str) -> list[str]:
     return _names(ctx, incomplete, lambda c: c.images.list(), "name")
+
+
+def complete_operation(ctx: typer.Context, incomplete: str) -> list[str]:
+    return _names(ctx, incomplete, lambda c: c.operations.list_page(1, 100).items, "id")
 
 
 def complete_user(ctx: typer.Context, incomplete: str) -> list[str]:

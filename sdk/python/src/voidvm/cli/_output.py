@@ -11,6 +11,7 @@ import contextlib
 import json
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import typer
@@ -30,7 +31,7 @@ from rich.text import Text
 
 from .._errors import VoidVMError
 
-__all__ = ["Column", "Output", "describe_details", "error_line", "human_size"]
+__all__ = ["Column", "Output", "describe_details", "error_line", "human_age", "human_size"]
 
 _STATUS_STYLES = {
     "running": "green",
@@ -46,6 +47,10 @@ _STATUS_STYLES = {
     "downloading": "cyan",
     "active": "green",
     "disabled": "dim",
+    "pending": "cyan",
+    "succeeded": "green",
+    "failed": "bold red",
+    "cancelled": "dim",
 }
 
 
@@ -59,6 +64,22 @@ def human_size(value: Any) -> str:
             return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
         size /= 1024
     return str(value)  # unreachable
+
+
+def human_age(value: Any, now: datetime | None = None) -> str:
+    """The time since an ISO timestamp (``2026-12-01T10:00:00Z``) as ``45s``, ``12m``, ``3h`` or
+    ``5d``; ``-`` for anything that is not one."""
+    try:
+        then = datetime.fromisoformat(str(value))
+    except ValueError:
+        return "-"
+    if then.tzinfo is None:
+        then = then.replace(tzinfo=UTC)
+    seconds = max(0, int(((now or datetime.now(UTC)) - then).total_seconds()))
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
 
 
 def _cell(value: Any) -> str:
@@ -287,3 +308,32 @@ class Output:
         with progress:
             task = progress.add_task(description, total=total)
             yield lambda n: progress.advance(task, n)
+
+    @contextlib.contextmanager
+    def operation(self, description: str) -> Iterator[Callable[[Mapping[str, Any]], None]]:
+        """A bar fed with an operation's states (``progress`` 0-100, or none known: a pulse,
+        and its ``message``); yields ``update(operation)``. On stderr while it is a terminal,
+        hidden with ``--json``/``--quiet``."""
+        progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(bar_width=24),
+            TextColumn("{task.fields[detail]}"),
+            TimeElapsedColumn(),
+            console=self.err,
+            disable=self.json_mode or self.quiet or not self.err.is_terminal,
+        )
+
+        def update(operation: Mapping[str, Any]) -> None:
+            percent = operation.get("progress")
+            known = isinstance(percent, int) and not isinstance(percent, bool)
+            parts = [f"{percent}%" if known else "", str(operation.get("message") or "")]
+            progress.update(
+                task,
+                total=100 if known else None,
+                completed=percent if known else 0,
+                detail=" ".join(part for part in parts if part)[:40],
+            )
+
+        with progress:
+            task = progress.add_task(description, total=None, detail="")
+            yield update

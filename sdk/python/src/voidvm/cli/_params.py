@@ -6,9 +6,26 @@ from typing import Annotated
 
 import typer
 
-from ._complete import complete_image, complete_token, complete_user, complete_vm
+from ._complete import (
+    complete_image,
+    complete_operation,
+    complete_token,
+    complete_user,
+    complete_vm,
+)
 
-__all__ = ["ImageArg", "JsonOpt", "QuietOpt", "TokenArg", "UserArg", "VmArg", "WaitOpt", "YesOpt"]
+__all__ = [
+    "ActionWaitOpt",
+    "ImageArg",
+    "JsonOpt",
+    "OperationArg",
+    "QuietOpt",
+    "TokenArg",
+    "UserArg",
+    "VmArg",
+    "WaitOpt",
+    "YesOpt",
+]
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Print ids only.")]
@@ -24,8 +41,23 @@ UserArg = Annotated[
 TokenArg = Annotated[
     str, typer.Argument(help="Token name or id.", show_default=False, autocompletion=complete_token)
 ]
+OperationArg = Annotated[
+    str,
+    typer.Argument(
+        help="Operation id (or a unique prefix).", show_default=False,
+        autocompletion=complete_operation,
+    ),
+]  # fmt: skip
 WaitOpt = Annotated[
     bool,
     typer.Option("--wait/--no-wait", help="Wait until the VM reaches the target state."),
+]
+ActionWaitOpt = Annotated[
+    bool,
+    typer.Option(
+        "--wait/--no-wait",
+        help="Wait until the VM reaches the target state, or print the id of the operation "
+        "finishing the action.",
+    ),
 ]
 YesOpt = Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")]

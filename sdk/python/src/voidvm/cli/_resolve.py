@@ -2,7 +2,8 @@
 
 A VM reference is tried as an id, then as an exact name, then as a unique id prefix (as
 ``docker`` does). Two VMs of different owners may share a name; an admin then gets an error
-listing both ids. Images need nothing here: the server resolves image names itself.
+listing both ids. Images need nothing here: the server resolves image names itself. An operation
+has no name: its id, or a unique prefix of one of the newest 100 (``op-`` may be left out).
 """
 
 from __future__ import annotations
@@ -14,9 +15,13 @@ from typing import Any
 from .._client import VoidVMClient
 from .._errors import NotFoundError, ValidationError
 
-__all__ = ["token_id", "user_id", "vm_id"]
+__all__ = ["operation_id", "resource_id", "token_id", "user_id", "vm_id"]
 
 _VM_ID = re.compile(r"^vm-[0-9a-f]{12}$")
+_OPERATION_ID = re.compile(r"^op-[0-9a-f]{12}$")
+_RESOURCE_ID = re.compile(r"^[a-z]{2,3}-[0-9a-f]{12}$")
+#: How many of the newest operations a prefix is looked for in.
+_RECENT_OPERATIONS = 100
 
 
 def vm_id(client: VoidVMClient, ref: str) -> str:
@@ -32,6 +37,24 @@ def user_id(client: VoidVMClient, ref: str) -> str:
 
 def token_id(client: VoidVMClient, ref: str) -> str:
     return _pick("API token", ref, client.auth.tokens.list(), name_key="name")
+
+
+def operation_id(client: VoidVMClient, ref: str) -> str:
+    if _OPERATION_ID.match(ref):
+        return ref
+    recent = client.operations.list_page(1, _RECENT_OPERATIONS).items
+    prefixed = ref if ref.startswith("op-") else f"op-{ref}"
+    return _pick("operation", prefixed, recent, name_key="id")
+
+
+def resource_id(client: VoidVMClient, ref: str) -> str:
+    """What an operation works on, by id, or by VM name, else by image name."""
+    if _RESOURCE_ID.match(ref):
+        return ref
+    try:
+        return vm_id(client, ref)
+    except NotFoundError:
+        return str(client.images.get(ref)["id"])
 
 
 def _pick(

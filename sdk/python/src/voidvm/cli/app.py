@@ -9,7 +9,7 @@ from typer.core import TyperGroup
 
 from .._errors import VoidVMError
 from .._version import __version__
-from . import account, audit, image, server_config, system, token, user, vm
+from . import account, audit, image, operation, server_config, system, token, user, vm
 from ._complete import SHELLS, completion_script, register_shells
 from ._exit_codes import ExitCode, exit_code_for
 from ._output import Output
@@ -21,7 +21,8 @@ _HELP = (
     "Manage VoidVM virtual machines from the terminal. VMs, images, users and tokens are "
     "named by name or id. Exit codes: 0 ok, 1 error, 2 usage or rejected input, "
     "3 authentication, 4 not found, 5 conflict, 6 forbidden or over quota, 7 rate limited, "
-    "8 server error, 9 connection, 10 timed out waiting, 130 interrupted."
+    "8 server error, 9 connection, 10 timed out waiting, 130 interrupted. Long work (--no-wait "
+    "actions, URL imports) is an operation: see `voidvm operation`."
 )
 
 
@@ -98,6 +99,8 @@ def make_app(deps: CliDeps | None = None) -> typer.Typer:
     account.register(app)
     app.add_typer(vm.app, name="vm")
     app.add_typer(image.app, name="image")
+    app.add_typer(operation.app, name="operation")
+    app.add_typer(operation.app, name="op", hidden=True)
     app.add_typer(user.app, name="user")
     app.add_typer(token.app, name="token")
     app.add_typer(server_config.app, name="config")

@@ -11,10 +11,12 @@ from typing import IO, Annotated, cast
 import typer
 
 from .._errors import ValidationError
+from .._models import Operation
 from ._complete import complete_image
 from ._output import Column, human_size
 from ._params import ImageArg, JsonOpt, QuietOpt, YesOpt
 from ._state import begin
+from .operation import follow
 
 __all__ = ["IMAGE_COLUMNS", "app"]
 
@@ -71,21 +73,31 @@ def import_image(
     json_: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
-    """Import an image the server fetches itself: from a URL or its import directory. To send
-    a file from this machine, use `voidvm image upload`."""
+    """Import an image the server fetches itself: from a URL (with the download's progress)
+    or its import directory. To send a file from this machine, use `voidvm image upload`."""
     state = begin(ctx, json_, quiet)
     if (url is None) == (path is None):
         raise ValidationError("give exactly one of --url and --path", code="VALIDATION_ERROR")
     fmt = format_ or _format_from_name(url or path or "")
-    with state.output.spinner(f"Importing {name} (the server is fetching it)…"):
-        image = state.client().images.create(
-            name=name,
-            format=fmt,
-            url=url,
-            path=path,
-            aliases=alias or None,
-            default=default or None,
+    client = state.client()
+    if url is not None and not default:  # the server takes --default only with waiting
+        image = client.images.create(
+            name=name, format=fmt, url=url, aliases=alias or None, wait=False
         )
+        accepted = image.get("operation")
+        if isinstance(accepted, Operation):
+            done = follow(state, accepted, f"Importing {name}").raise_for_failure()
+            image = client.images.get(str((done.get("result") or {}).get("image_id") or image.id))
+    else:
+        with state.output.spinner(f"Importing {name} (the server is fetching it)…"):
+            image = client.images.create(
+                name=name,
+                format=fmt,
+                url=url,
+                path=path,
+                aliases=alias or None,
+                default=default or None,
+            )
     state.output.message(f"Imported {image.get('name')} ({image.get('id')})")
     state.output.record(image)
 

@@ -17,7 +17,7 @@ from .._errors import ConflictError, ValidationError
 from .._models import VM
 from ._complete import complete_vm
 from ._output import Column
-from ._params import JsonOpt, QuietOpt, VmArg, WaitOpt, YesOpt
+from ._params import ActionWaitOpt, JsonOpt, QuietOpt, VmArg, WaitOpt, YesOpt
 from ._resolve import vm_id
 from ._state import CliState, begin
 from ._terminal import run_console
@@ -67,16 +67,23 @@ def _each(
     client = state.client()
     doing, _ = _ACTIONS[action]
     done: list[VM] = []
+    shown: list[Mapping[str, Any]] = []  # --quiet: the VM's id, or its operation's (--no-wait)
     for ref in refs:
         target = vm_id(client, ref)
         with state.output.spinner(f"{doing} {ref}…") if wait else contextlib.nullcontext():
             vm = call(client, target)
         done.append(vm)
-        state.output.message(f"{ref}: {vm.get('status')}")
+        accepted = vm.get("operation")
+        if isinstance(accepted, Mapping) and accepted.get("id"):
+            shown.append(accepted)
+            state.output.message(f"{ref}: {vm.get('status')}, operation {accepted['id']}")
+        else:
+            shown.append(vm)
+            state.output.message(f"{ref}: {vm.get('status')}")
     if state.output.json_mode:
         state.output.json(done if len(done) > 1 else done[0])
     elif state.output.quiet:
-        state.output.ids(done)
+        state.output.ids(shown)
 
 
 VmsArg = Annotated[
@@ -192,7 +199,7 @@ def resize(
 
 @app.command("start")
 def start(
-    ctx: typer.Context, vms: VmsArg, wait: WaitOpt = True, json_: JsonOpt = False,
+    ctx: typer.Context, vms: VmsArg, wait: ActionWaitOpt = True, json_: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:  # fmt: skip
     """Start stopped VMs."""
@@ -208,7 +215,7 @@ def stop(
     timeout: Annotated[
         float | None, typer.Option(help="Seconds to wait for ACPI power-off before killing.")
     ] = None,
-    wait: WaitOpt = True,
+    wait: ActionWaitOpt = True,
     json_: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -228,7 +235,7 @@ def restart(
     ctx: typer.Context,
     vms: VmsArg,
     force: Annotated[bool, typer.Option("--force", help="Hard reset instead of ACPI.")] = False,
-    wait: WaitOpt = True,
+    wait: ActionWaitOpt = True,
     json_: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -239,7 +246,7 @@ def restart(
 
 @app.command("pause")
 def pause(
-    ctx: typer.Context, vms: VmsArg, wait: WaitOpt = True, json_: JsonOpt = False,
+    ctx: typer.Context, vms: VmsArg, wait: ActionWaitOpt = True, json_: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:  # fmt: skip
     """Pause running VMs (their memory stays)."""
@@ -249,7 +256,7 @@ def pause(
 
 @app.command("resume")
 def resume(
-    ctx: typer.Context, vms: VmsArg, wait: WaitOpt = True, json_: JsonOpt = False,
+    ctx: typer.Context, vms: VmsArg, wait: ActionWaitOpt = True, json_: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:  # fmt: skip
     """Resume paused VMs."""
@@ -259,7 +266,7 @@ def resume(
 
 @app.command("reset")
 def reset(
-    ctx: typer.Context, vms: VmsArg, wait: WaitOpt = True, json_: JsonOpt = False,
+    ctx: typer.Context, vms: VmsArg, wait: ActionWaitOpt = True, json_: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:  # fmt: skip
     """Hard-reset running VMs (like pressing the reset button)."""

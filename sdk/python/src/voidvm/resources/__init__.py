@@ -2,6 +2,7 @@
 
 from .auth import ApiTokens, AsyncApiTokens, AsyncAuth, Auth
 from .images import AsyncImages, Images
+from .operations import AsyncOperations, Operations
 from .system import AsyncSystem, System
 from .users import AsyncUsers, Users
 from .vms import AsyncVMs, VMAction, VMs
@@ -11,11 +12,13 @@ __all__ = [
     "AsyncApiTokens",
     "AsyncAuth",
     "AsyncImages",
+    "AsyncOperations",
     "AsyncSystem",
     "AsyncUsers",
     "AsyncVMs",
     "Auth",
     "Images",
+    "Operations",
     "System",
     "Users",
     "VMAction",

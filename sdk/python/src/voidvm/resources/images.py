@@ -11,6 +11,7 @@ from typing import IO, Any
 from .._http import Call
 from .._models import Image
 from ._base import AsyncResource, SyncResource, body, path
+from .operations import with_operation
 
 __all__ = ["AsyncImages", "Images", "Upload"]
 
@@ -27,7 +28,12 @@ def _parse_list(data: Any) -> builtins.list[Image]:
 
 def _create_call(spec: Mapping[str, Any] | None, fields: Mapping[str, Any]) -> Call[Image]:
     return Call(
-        "POST", "/images", Image.from_json, json=body(spec, fields), timeout=_IMPORT_TIMEOUT
+        "POST",
+        "/images",
+        with_operation(Image.from_json),
+        json=body(spec, fields),
+        timeout=_IMPORT_TIMEOUT,
+        envelope=True,
     )
 
 
@@ -74,10 +80,16 @@ class Images(SyncResource):
         url: str | None = None,
         path: str | None = None,
         aliases: builtins.list[str] | None = None,
+        wait: bool | None = None,
         **extra: Any,
     ) -> Image:
-        """Import an image from a URL or a path on the server (admin)."""
-        fields = dict(name=name, format=format, url=url, path=path, aliases=aliases, **extra)
+        """Import an image from a URL or a path on the server (admin). A URL import with
+        ``wait=False`` answers at once (202) with the image ``downloading`` and, as
+        ``image.operation``, the :class:`Operation` doing the download (its progress, to
+        ``client.operations.wait`` on or cancel); by default it answers once downloaded."""
+        fields = dict(
+            name=name, format=format, url=url, path=path, aliases=aliases, wait=wait, **extra
+        )
         return self._http.send(_create_call(spec, fields))
 
     def upload(self, file: Upload, *, name: str, format: str) -> Image:
@@ -109,9 +121,12 @@ class AsyncImages(AsyncResource):
         url: str | None = None,
         path: str | None = None,
         aliases: builtins.list[str] | None = None,
+        wait: bool | None = None,
         **extra: Any,
     ) -> Image:
-        fields = dict(name=name, format=format, url=url, path=path, aliases=aliases, **extra)
+        fields = dict(
+            name=name, format=format, url=url, path=path, aliases=aliases, wait=wait, **extra
+        )
         return await self._http.send(_create_call(spec, fields))
 
     async def upload(self, file: Upload, *, name: str, format: str) -> Image:

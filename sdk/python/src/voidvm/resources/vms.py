@@ -13,6 +13,7 @@ from .._models import VM, ConsoleLog, Page, Record, VMMetrics, VMStatus
 from ._base import AsyncResource, SyncResource, body, path
 from ._paging import PAGE_SIZE, has_more, page_parser
 from ._waiting import StatusWait
+from .operations import with_operation
 
 __all__ = ["AsyncVMs", "VMAction", "VMs"]
 
@@ -70,7 +71,12 @@ def _action_call(
     if wait and action in ("stop", "restart"):
         http_timeout = (timeout or _DEFAULT_STOP_TIMEOUT) + _ACTION_GRACE
     return Call(
-        "POST", path("vms", vm_id, action), VM.from_json, json=payload, timeout=http_timeout
+        "POST",
+        path("vms", vm_id, action),
+        with_operation(VM.from_json),
+        json=payload,
+        timeout=http_timeout,
+        envelope=True,
     )
 
 
@@ -182,6 +188,9 @@ class VMs(SyncResource):
         self._http.send(_delete_call(vm_id, force))
 
     def start(self, vm_id: str, *, wait: bool = True) -> VM:
+        """Return the VM once running; with ``wait=False`` at once (202), as the action left
+        it (``starting``), with ``vm.operation`` the :class:`Operation` to wait on
+        (``client.operations.wait(vm.operation)``). The other actions work alike."""
         return self._http.send(_action_call(vm_id, "start", wait=wait))
 
     def stop(

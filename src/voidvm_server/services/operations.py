@@ -1,0 +1,265 @@
+"""OperationService: long work as a row a client can read, wait on, list and cancel.
+
+- An operation is written `running` before its work begins, and finished exactly once:
+  `succeeded` with a result, `failed` with {code, message}, or `cancelled`.
+- Every change is published as an `operation` event (the `operations` WebSocket topic).
+- A wait reads the row again on every change it hears of, and at least once a second, so it ends
+  even when the change happened in another process.
+- An operation still running when its process ends is failed at the next start (`recover`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from voidvm_server.auth.principal import Principal
+from voidvm_server.domain.operations import INTERRUPTED, Operation, OperationStatus
+from voidvm_server.errors import ConflictError, NotFoundError, ValidationError, VoidVMError
+from voidvm_server.events.bus import Event, EventBus
+from voidvm_server.persistence.engine import Database
+from voidvm_server.persistence.operations import OperationRepository
+from voidvm_server.services.clock import iso, now
+from voidvm_server.services.ids import is_valid_id, new_id
+from voidvm_server.services.tasks import BackgroundTasks
+
+log = logging.getLogger(__name__)
+MAX_WAIT_SECONDS = 60.0
+REREAD_SECONDS = 1.0  # a wait re-reads the row at least this often
+PROGRESS_EVERY_SECONDS = 0.5  # progress is written at most this often (and on every whole percent)
+S = OperationStatus
+
+# The work of an operation: given its progress reporter, returns the result to record.
+Work = Callable[["Progress"], Awaitable[dict[str, Any] | None]]
+
+
+def operation_json(op: Operation) -> dict[str, Any]:
+    """The operation as the API shows it (REST answers and `operation` events alike)."""
+    return {
+        "id": op.id,
+        "type": op.type,
+        "status": op.status.value,
+        "progress": op.progress,
+        "message": op.message,
+        "resource_type": op.resource_type,
+        "resource_id": op.resource_id,
+        "owner": op.owner_id,
+        "created_at": iso(op.created_at),
+        "updated_at": iso(op.updated_at),
+        "finished_at": iso(op.finished_at),
+        "error": op.error,
+        "result": op.result,
+        "cancellable": op.cancellable and not op.finished,
+    }
+
+
+def operation_not_found(operation_id: str) -> NotFoundError:
+    return NotFoundError(
+        "Operation not found",
+        code="OPERATION_NOT_FOUND",
+        details=f"Operation with ID '{operation_id}' was not found",
+    )
+
+
+@dataclass
+class Progress:
+    """Handed to an operation's work: `report` its progress (0-100) and what it is doing."""
+
+    service: OperationService
+    operation_id: str
+    _last_percent: int | None = None
+    _last_write: float = 0.0
+
+    async def report(self, percent: int | None, message: str | None = None) -> None:
+        percent = None if percent is None else max(0, min(100, int(percent)))
+        moment = time.monotonic()
+        if percent == self._last_percent and moment - self._last_write < PROGRESS_EVERY_SECONDS:
+            return
+        self._last_percent, self._last_write = percent, moment
+        values: dict[str, Any] = {"progress": percent}
+        if message is not None:
+            values["message"] = message
+        await self.service._change(self.operation_id, **values)
+
+
+class OperationService:
+    def __init__(self, db: Database, bus: EventBus, tasks: BackgroundTasks) -> None:
+        self.db = db
+        self.bus = bus
+        self.tasks = tasks
+        self._running: dict[str, asyncio.Task[Any]] = {}
+        self._cancel_asked: set[str] = set()
+        self._changed: dict[str, asyncio.Event] = {}
+        self._stop_listening = bus.listen(self._heard)
+
+    # -- starting work -------------------------------------------------------------------------
+    async def begin(
+        self,
+        type: str,
+        *,
+        resource_type: str,
+        resource_id: str,
+        owner_id: str,
+        cancellable: bool = False,
+        message: str = "",
+    ) -> Operation:
+        """Record an operation that is about to run (`running`)."""
+        stamp = now()
+        op = Operation(
+            id=new_id("op"),
+            type=type,
+            status=S.RUNNING,
+            progress=None,
+            message=message,
+            resource_type=resource_type,
+            resource_id=resource_id,
+            owner_id=owner_id,
+            cancellable=cancellable,
+            created_at=stamp,
+            updated_at=stamp,
+        )
+        async with self.db.session() as s:
+            await OperationRepository(s).add(op)
+        self._publish(op)
+        return op
+
+    def run(self, op: Operation, work: Work) -> asyncio.Task[Any]:
+        """Run `work` in the background and record how it ends; the task, to await if wanted."""
+        task = self.tasks.spawn(self._run(op, work), name=f"operation {op.id} ({op.type})")
+        self._running[op.id] = task
+        task.add_done_callback(lambda _: self._running.pop(op.id, None))
+        return task
+
+    async def start(self, type: str, work: Work, **fields: Any) -> tuple[Operation, asyncio.Task[Any]]:
+        """`begin` and `run` in one."""
+        op = await self.begin(type, **fields)
+        return op, self.run(op, work)
+
+    async def _run(self, op: Operation, work: Work) -> dict[str, Any] | None:
+        try:
+            result = await work(Progress(self, op.id))
+        except asyncio.CancelledError:
+            cancelled = op.id in self._cancel_asked
+            values = (
+                {"status": S.CANCELLED.value, "message": "cancelled"}
+                if cancelled
+                else {"status": S.FAILED.value, "message": INTERRUPTED["message"], "error": INTERRUPTED}
+            )
+            await asyncio.shield(self._finish(op.id, **values))
+            raise
+        except VoidVMError as exc:
+            error = {"code": exc.code, "message": exc.message}
+            await asyncio.shield(self._finish(op.id, status=S.FAILED.value, message=exc.message, error=error))
+            raise
+        except Exception:
+            error = {"code": "INTERNAL_SERVER_ERROR", "message": "internal error"}
+            await asyncio.shield(
+                self._finish(op.id, status=S.FAILED.value, message=error["message"], error=error)
+            )
+            raise
+        await asyncio.shield(self._finish(op.id, status=S.SUCCEEDED.value, progress=100, result=result))
+        return result
+
+    async def _finish(self, operation_id: str, **values: Any) -> None:
+        self._cancel_asked.discard(operation_id)
+        try:
+            await self._change(operation_id, finished_at=now(), **values)
+        except Exception:  # the database is gone: the next start marks it failed
+            log.warning("Could not record the end of operation %s", operation_id, exc_info=True)
+
+    async def _change(self, operation_id: str, **values: Any) -> Operation | None:
+        async with self.db.session() as s:
+            op = await OperationRepository(s).update_unfinished(operation_id, updated_at=now(), **values)
+        if op is not None:
+            self._publish(op)
+        return op
+
+    # -- reading -------------------------------------------------------------------------------
+    async def get(self, principal: Principal, operation_id: str) -> Operation:
+        op = await self._load(operation_id) if is_valid_id(operation_id) else None
+        if op is None or (not principal.is_admin and op.owner_id != principal.id):
+            raise operation_not_found(operation_id)
+        return op
+
+    async def _load(self, operation_id: str) -> Operation | None:
+        async with self.db.reading() as s:
+            return await OperationRepository(s).get(operation_id)
+
+    async def list(
+        self,
+        principal: Principal,
+        *,
+        status: str | None = None,
+        type: str | None = None,
+        resource_id: str | None = None,
+        page: int = 1,
+        limit: int = 20,
+    ) -> tuple[list[Operation], int]:
+        if status is not None and status not in S.__members__.values():
+            raise ValidationError("status", f"unknown status '{status}'")
+        async with self.db.reading() as s:
+            return await OperationRepository(s).list(
+                owner_id=None if principal.is_admin else principal.id,
+                status=status,
+                type=type,
+                resource_id=resource_id,
+                offset=(page - 1) * limit,
+                limit=limit,
+            )
+
+    async def wait(self, principal: Principal, operation_id: str, timeout: float) -> Operation:
+        """The operation once it has finished, or as it stands after `timeout` seconds."""
+        op = await self.get(principal, operation_id)
+        deadline = asyncio.get_running_loop().time() + min(timeout, MAX_WAIT_SECONDS)
+        while not op.finished:
+            remaining = deadline - asyncio.get_running_loop().time()
+            if remaining <= 0:
+                break
+            changed = self._changed.setdefault(op.id, asyncio.Event())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(changed.wait(), min(remaining, REREAD_SECONDS))
+            op = await self._load(op.id) or op
+        return op
+
+    def _heard(self, event: Event) -> None:
+        if event.kind == "operation":
+            changed = self._changed.pop(event.data["id"], None)
+            if changed is not None:
+                changed.set()
+
+    # -- cancelling ----------------------------------------------------------------------------
+    async def cancel(self, principal: Principal, operation_id: str) -> Operation:
+        op = await self.get(principal, operation_id)
+        if op.finished or not op.cancellable:
+            why = f"it has {op.status.value}" if op.finished else f"a {op.type} cannot be cancelled"
+            raise ConflictError(f"The operation cannot be cancelled: {why}", code="NOT_CANCELLABLE")
+        task = self._running.get(op.id)
+        if task is None:  # no process runs it any more: nothing to stop
+            await self._finish(op.id, status=S.CANCELLED.value, message="cancelled")
+        else:
+            self._cancel_asked.add(op.id)
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await asyncio.shield(task)
+        return await self._load(op.id) or op
+
+    # -- restarts ------------------------------------------------------------------------------
+    async def recover(self) -> None:
+        """Operations a previous server process left running cannot finish: fail them."""
+        async with self.db.session() as s:
+            cut_short = await OperationRepository(s).fail_unfinished(INTERRUPTED, now())
+        for op in cut_short:
+            log.warning("Operation %s (%s) was cut short by a restart", op.id, op.type)
+            self._publish(op)
+
+    def _publish(self, op: Operation) -> None:
+        vm_id = op.resource_id if op.resource_type == "vm" else None
+        self.bus.publish("operation", operation_json(op), vm_id=vm_id, owner_id=op.owner_id)
+
+    def close(self) -> None:
+        self._stop_listening()
