@@ -13,7 +13,9 @@ from typing import Any
 import pytest
 
 from tests.conftest import Api, auth, fake_driver_factory, make_settings, running_api
+from voidvm_server.domain.models import ImageFormat, ImageStatus
 from voidvm_server.drivers.fake import FakeDriver
+from voidvm_server.persistence.repositories import ImageRepository
 
 TINY_VM = {"cpu": 1, "memory": 256, "disk": 1}
 IMAGE_BYTES = 4 * 1024 * 1024  # the download reads 1 MiB chunks: progress moves by 25 %
@@ -244,3 +246,38 @@ async def test_an_operation_cut_short_by_a_shutdown_is_failed_at_the_next_start(
         after = await api.container.operations._load(stale.id)
         assert after is not None and after.status.value == "failed" and after.error is not None
         assert after.error["code"] == "INTERRUPTED"
+
+
+async def test_an_image_still_importing_cannot_back_a_vm_and_a_cancelled_waiting_import_answers_409(
+    url_api: Api, image_server: SlowImageServer
+) -> None:
+    api, token = url_api, await url_api.login()
+    body = {"name": "pending", "format": "raw", "url": image_server.url}
+    waiting = asyncio.ensure_future(api.client.post("/api/v1/images", json=body, headers=auth(token)))
+    await asyncio.to_thread(image_server.half_sent.wait, 10)
+    vm = await api.client.post(
+        "/api/v1/vms", json={"name": "too-early", "os": "pending", **TINY_VM}, headers=auth(token)
+    )
+    assert vm.status_code == 409 and vm.json()["error"]["code"] == "IMAGE_NOT_AVAILABLE", vm.text
+    [op] = (await api.client.get("/api/v1/operations?type=image.import", headers=auth(token))).json()["data"][
+        "operations"
+    ]
+    assert (await api.client.delete(f"/api/v1/operations/{op['id']}", headers=auth(token))).status_code == 200
+    answer = await waiting
+    assert answer.status_code == 409 and answer.json()["error"]["code"] == "OPERATION_CANCELLED", answer.text
+    assert (await api.client.get("/api/v1/images/pending", headers=auth(token))).status_code == 404
+
+
+async def test_a_url_import_a_kill_cut_short_leaves_nothing_after_the_restart(url_api: Api) -> None:
+    images = url_api.container.images
+    async with url_api.container.db.session() as s:  # what a kill -9 mid-download leaves
+        record = images._new_record("killed", ImageFormat.RAW, "http://127.0.0.1:9/disk.raw")
+        record.status = ImageStatus.DOWNLOADING
+        await ImageRepository(s).add(record)
+    partial = images.image_dir(record.id)
+    partial.mkdir(parents=True)
+    (partial / "disk.raw").write_bytes(b"half")
+    await images.recover()
+    assert not partial.exists()
+    async with url_api.container.db.session() as s:
+        assert await ImageRepository(s).get(record.id) is None

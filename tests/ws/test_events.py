@@ -20,7 +20,9 @@ async def test_vm_control_start_pushes_starting_then_running_in_order(ws_fake: W
         assert ack["timestamp"].endswith("Z")
 
         reply = await ws.request("vm-control", {"vmId": vm_id, "action": "start"}, "vm-control-response")
+        operation_id = reply["data"].pop("operationId")
         assert reply["data"] == {"vmId": vm_id, "action": "start", "status": "starting", "accepted": True}
+        assert operation_id.startswith("op-")
 
         running = await ws.expect("vm-status", lambda m: m["data"]["status"] == "running")
         assert statuses(ws.seen, vm_id) == ["starting", "running"]
@@ -237,3 +239,27 @@ async def test_the_operations_topic_pushes_every_change_of_the_users_own_operati
         assert not any(m["type"] == "vm-status" for m in ws.seen)  # this topic carries operations only
         await bobs.request("ping", {}, "pong")
         assert not any(m["type"] == "operation" for m in bobs.seen)  # not bob's
+
+
+async def test_every_entry_point_writes_one_audit_entry_per_action(ws_fake: WsServer, admin: str) -> None:
+    vm_id = await ws_fake.create_vm(admin, "audited")
+    headers = {"Authorization": f"Bearer {admin}"}
+    async with ws_fake.events(admin) as ws:
+        await ws.request("subscribe", {"topic": "vm-status", "vmId": vm_id}, "subscribed")
+        await ws.request("vm-control", {"vmId": vm_id, "action": "start"}, "vm-control-response")
+        await ws.expect("vm-status", lambda m: m["data"]["status"] == "running")
+        refused = await ws.request("vm-control", {"vmId": vm_id, "action": "start"}, "vm-control-response")
+        assert refused["type"] == "error" and refused["data"]["code"] == "VM_ALREADY_RUNNING"
+    stopped = await ws_fake.http.post(f"/api/v1/vms/{vm_id}/stop", headers=headers)
+    assert stopped.status_code == 200
+
+    async def entries(action: str) -> list[dict[str, object]]:
+        answer = await ws_fake.http.get(f"/api/v1/logs?action={action}&limit=100", headers=headers)
+        found: list[dict[str, object]] = [e for e in answer.json()["data"]["logs"] if e["target_id"] == vm_id]
+        return found
+
+    starts = await entries("vm.start")
+    assert sorted(str(e["result"]) for e in starts) == ["failure", "success"]  # once each, not twice
+    assert any(str(e["message"]).startswith("accepted as op-") for e in starts)
+    assert [e["result"] for e in await entries("vm.stop")] == ["success"]
+    assert [e["result"] for e in await entries("vm.create")] == ["success"]

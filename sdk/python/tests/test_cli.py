@@ -565,7 +565,7 @@ def test_operation_wait_succeeds_and_prints_the_operation_with_json(cli: Harness
         ),
         (
             operation(OP, "cancelled", type="image.pull"),
-            ExitCode.ERROR,
+            ExitCode.CONFLICT,
             f"Error: OPERATION_CANCELLED: the image.pull operation was cancelled (operation: {OP})",
         ),
     ],

@@ -17,6 +17,7 @@ from voidvm import (
     Page,
     RateLimitError,
     Record,
+    ServerError,
     ValidationError,
     VoidVMClient,
     VoidVMError,
@@ -532,12 +533,16 @@ def test_raise_for_failure_by_status() -> None:
     assert running.raise_for_failure() is running
     with pytest.raises(VoidVMError) as cancelled:
         Operation(operation(OP, "cancelled", type="image.pull")).raise_for_failure()
-    assert cancelled.value.code == "OPERATION_CANCELLED"
+    assert type(cancelled.value) is ConflictError and cancelled.value.code == "OPERATION_CANCELLED"
     assert "image.pull operation was cancelled" in cancelled.value.message
-    unknown = operation(OP, "failed", error={"code": "INTERRUPTED", "message": "restarted"})
+    interrupted_op = operation(OP, "failed", error={"code": "INTERRUPTED", "message": "restarted"})
     with pytest.raises(VoidVMError) as interrupted:
+        Operation(interrupted_op).raise_for_failure()
+    assert type(interrupted.value) is ServerError and interrupted.value.code == "INTERRUPTED"
+    unknown = operation(OP, "failed", error={"code": "SOMETHING_NEW", "message": "new"})
+    with pytest.raises(VoidVMError) as new:
         Operation(unknown).raise_for_failure()
-    assert type(interrupted.value) is VoidVMError and interrupted.value.code == "INTERRUPTED"
+    assert type(new.value) is VoidVMError and new.value.code == "SOMETHING_NEW"
 
 
 def test_wait_on_a_finished_operation_sends_nothing() -> None:

@@ -145,6 +145,7 @@ const CODE_CLASSES: Record<string, ErrorClass> = {
   IMAGE_IN_USE: ConflictError,
   IMAGE_NOT_AVAILABLE: ConflictError,
   NOT_CANCELLABLE: ConflictError,
+  OPERATION_CANCELLED: ConflictError,
   RATE_LIMIT_EXCEEDED: RateLimitError,
   TOO_MANY_ATTEMPTS: RateLimitError,
   LOGIN_BUSY: RateLimitError,
@@ -170,7 +171,7 @@ export function errorFromCode(code: string, message: string, details?: unknown):
 /**
  * The error a finished, unsuccessful operation stands for, with the operation as `details`: a
  * failed one maps its `error.code` as `errorFromCode` does (e.g. `HYPERVISOR_TIMEOUT` →
- * `ServerError`), a cancelled one is a `VoidVMError` with code `OPERATION_CANCELLED`. `undefined`
+ * `ServerError`), a cancelled one a `ConflictError` with code `OPERATION_CANCELLED`. `undefined`
  * for an operation that succeeded or has not finished.
  */
 export function errorFromOperation(op: Operation): VoidVMError | undefined {
@@ -179,11 +180,7 @@ export function errorFromOperation(op: Operation): VoidVMError | undefined {
     return errorFromCode(op.error?.code ?? 'OPERATION_FAILED', message, op);
   }
   if (op.status === 'cancelled') {
-    return new VoidVMError({
-      code: 'OPERATION_CANCELLED',
-      message: `Operation ${op.id} (${op.type}) was cancelled`,
-      details: op,
-    });
+    return errorFromCode('OPERATION_CANCELLED', `Operation ${op.id} (${op.type}) was cancelled`, op);
   }
   return undefined;
 }

@@ -213,7 +213,7 @@ describe('operations', () => {
     assert.equal(err.status, 0);
     assert.equal(err.details.id, 'op-f');
     assert.equal((await c.operations.wait('op-c')).status, 'cancelled');
-    await assert.rejects(c.operations.wait('op-c', { throwOnFailure: true }), { name: 'VoidVMError', code: 'OPERATION_CANCELLED' });
+    await assert.rejects(c.operations.wait('op-c', { throwOnFailure: true }), { name: 'ConflictError', code: 'OPERATION_CANCELLED' });
   });
 
   test('wait() gives up after timeoutMs with WAIT_TIMEOUT; needs an operation', async () => {

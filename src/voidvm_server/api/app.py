@@ -124,6 +124,7 @@ async def build_container(settings: Settings, driver_factory: DriverFactory | No
         refresh_ttl=settings.refresh_token_ttl_seconds,
     )
     tasks = BackgroundTasks()
+    audit = AuditLog(db)
     operations = OperationService(db, bus, tasks)
     images = ImageService(
         db, settings, qemu_img, default_image=lambda: live.current.default_image, operations=operations
@@ -145,10 +146,12 @@ async def build_container(settings: Settings, driver_factory: DriverFactory | No
         auth=auth_service,
         users=users,
         images=images,
-        vms=VMService(db, driver, images, bus, live, settings, disk_reserve(settings), operations, tasks),
+        vms=VMService(
+            db, driver, images, bus, live, settings, disk_reserve(settings), operations, tasks, audit
+        ),
         operations=operations,
         tasks=tasks,
-        audit=AuditLog(db),
+        audit=audit,
         monitor=ResourceMonitor(driver, settings.stats_interval_seconds),
         system=SystemService(db),
         consoles=ConsoleHub(driver, bus),

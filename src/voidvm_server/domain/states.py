@@ -10,12 +10,13 @@ S = VMStatus
 TRANSITIONS: dict[VMStatus, frozenset[VMStatus]] = {
     S.CREATING: frozenset({S.STOPPED, S.ERROR, S.DELETING}),
     S.STOPPED: frozenset({S.STARTING, S.DELETING, S.ERROR}),
-    S.STARTING: frozenset({S.RUNNING, S.ERROR, S.STOPPED}),
+    # paused: a restarted server found the guest paused by QEMU (a full disk) during a start
+    S.STARTING: frozenset({S.RUNNING, S.PAUSED, S.ERROR, S.STOPPED}),
     S.RUNNING: frozenset({S.STOPPING, S.PAUSED, S.REBOOTING, S.ERROR, S.STOPPED}),
     # back to running or paused: QEMU did not answer; deleting: a forced delete of a running VM
     S.STOPPING: frozenset({S.STOPPED, S.ERROR, S.RUNNING, S.PAUSED, S.DELETING}),
     S.PAUSED: frozenset({S.RUNNING, S.STOPPING, S.ERROR, S.STOPPED}),
-    S.REBOOTING: frozenset({S.RUNNING, S.ERROR, S.STOPPED}),
+    S.REBOOTING: frozenset({S.RUNNING, S.PAUSED, S.ERROR, S.STOPPED}),
     S.DELETING: frozenset({S.ERROR}),
     # running or paused: a restarted server found the VM's QEMU alive after all
     S.ERROR: frozenset({S.STARTING, S.DELETING, S.STOPPED, S.RUNNING, S.PAUSED}),

@@ -82,6 +82,12 @@ def named_image(images: builtins.list[Image], name: str) -> Image | None:
     return next((i for i in images if key == i.name.lower() or key in (a.lower() for a in i.aliases)), None)
 
 
+def is_catalog_pull(image: Image) -> bool:
+    """Whether `image` came (or is coming) from the OS catalog, not from a URL import."""
+    entry = catalog.find(image.name.lower())
+    return entry is not None and image.source == entry.url
+
+
 def refuse_kernel_imports(fmt: ImageFormat) -> None:
     if fmt is ImageFormat.KERNEL:
         raise ValidationError(
@@ -167,6 +173,8 @@ class ImageService:
             return chosen
         named = named_image(images, os_name)
         if named is not None:
+            if named.status is ImageStatus.DOWNLOADING and not is_catalog_pull(named):
+                raise image_not_available(named)  # a URL import: it may still fail and vanish
             return named
         key = os_name.lower()
         entry = catalog.find(key)
@@ -194,9 +202,10 @@ class ImageService:
             await self._download_catalog(image, entry, progress)
             return {"image_id": image.id}
 
+        # Not cancellable: other users' VMs may be waiting on the same pull.
         await self._operations().start(
             "image.pull", pull, resource_type="image", resource_id=image.id, owner_id=owner_id,
-            cancellable=True, message=f"pulling {entry.name}",
+            message=f"pulling {entry.name}",
         )  # fmt: skip
         return image
 
@@ -412,10 +421,16 @@ class ImageService:
         await asyncio.to_thread(shutil.rmtree, self.image_dir(image.id), True)
 
     async def recover(self) -> None:
-        """After a restart, a pull that was in progress will not finish: say so."""
+        """After a restart, a download that was in progress will not finish: its partial files
+        go; a catalog pull says so (VMs wait on it), a URL import leaves nothing behind."""
         async with self.db.session() as s:
             repo = ImageRepository(s)
             for image in await repo.list():
-                if image.status is ImageStatus.DOWNLOADING:
+                if image.status is not ImageStatus.DOWNLOADING:
+                    continue
+                await asyncio.to_thread(shutil.rmtree, self.image_dir(image.id), True)
+                if is_catalog_pull(image) or await repo.in_use(image.id):
                     await repo.update(image.id, status=ImageStatus.ERROR.value,
                                       status_reason="the download was interrupted by a restart")  # fmt: skip
+                else:
+                    await repo.delete(image.id)

@@ -84,7 +84,10 @@ class Progress:
         values: dict[str, Any] = {"progress": percent}
         if message is not None:
             values["message"] = message
-        await self.service._change(self.operation_id, **values)
+        try:
+            await self.service._change(self.operation_id, **values)
+        except Exception:  # progress is best-effort: a busy database must not stop the work
+            log.debug("Could not record the progress of %s", self.operation_id, exc_info=True)
 
 
 class OperationService:
@@ -244,9 +247,20 @@ class OperationService:
         else:
             self._cancel_asked.add(op.id)
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
+            try:
                 await asyncio.shield(task)
-        return await self._load(op.id) or op
+            except asyncio.CancelledError:
+                current = asyncio.current_task()
+                if current is not None and current.cancelling():
+                    raise  # this request itself is being cancelled, not only the operation
+            except Exception:  # the work's own failure: recorded on the operation
+                log.debug("Operation %s failed as it was cancelled", op.id, exc_info=True)
+        ended = await self._load(op.id) or op
+        if ended.status is not S.CANCELLED:  # it finished on its own just before the cancel
+            raise ConflictError(
+                f"The operation cannot be cancelled: it has {ended.status.value}", code="NOT_CANCELLABLE"
+            )
+        return ended
 
     # -- restarts ------------------------------------------------------------------------------
     async def recover(self) -> None:

@@ -18,7 +18,7 @@ import logging
 import math
 import os
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,6 +40,7 @@ from voidvm_server.events.bus import EventBus
 from voidvm_server.persistence.engine import Database
 from voidvm_server.persistence.repositories import UserRepository, VMRepository
 from voidvm_server.services import context
+from voidvm_server.services.audit import AuditLog
 from voidvm_server.services.clock import now
 from voidvm_server.services.crash_policy import CrashRestarts
 from voidvm_server.services.disk_reserve import DiskReserve
@@ -79,8 +80,10 @@ class VMService:
         reserve: DiskReserve,
         operations: OperationService,
         tasks: BackgroundTasks,
+        audit: AuditLog,
     ) -> None:
         self.db = db
+        self.audit = audit
         self.operations = operations
         self.tasks = tasks
         self.reserve = reserve
@@ -97,6 +100,24 @@ class VMService:
         self.recovery = VMRecovery(self)
         driver.set_exit_handler(self._on_process_exit)
         driver.set_pause_handler(self._on_paused_by_hypervisor)
+
+    # -- the audit log -------------------------------------------------------------------------
+    @contextlib.asynccontextmanager
+    async def _audited(
+        self, principal: Principal, action: str, target_id: str | None = None
+    ) -> AsyncIterator[AuditNote]:
+        """Record `action` once, whoever called (REST, WebSocket, CLI): a success, or the failure
+        with its message. The body may fill in the target (a create's new id) and a message."""
+        entry = AuditNote(target_id)
+        try:
+            yield entry
+        except Exception as exc:
+            why = exc.message if isinstance(exc, VoidVMError) else "internal error"
+            await self.audit.record(action, user=principal.user, target_type="vm", target_id=entry.target_id,
+                                    result="failure", message=why[:200])  # fmt: skip
+            raise
+        await self.audit.record(action, user=principal.user, target_type="vm", target_id=entry.target_id,
+                                message=entry.message)  # fmt: skip
 
     # -- reading -------------------------------------------------------------------------------
     async def get(self, principal: Principal, vm_id: str) -> VM:
@@ -144,6 +165,12 @@ class VMService:
             raise ValidationError.many(issues)
 
     async def create(self, principal: Principal, spec: VMCreate) -> VM:
+        async with self._audited(principal, "vm.create") as entry:
+            vm = await self._create(principal, spec)
+            entry.target_id = vm.id
+        return vm
+
+    async def _create(self, principal: Principal, spec: VMCreate) -> VM:
         principal.require("vm:create")
         if not VM_NAME.match(spec.name):
             raise ValidationError("name", "1-63 characters: letters, digits, '-', '_' or '.'")
@@ -274,6 +301,10 @@ class VMService:
 
     # -- update --------------------------------------------------------------------------------
     async def update(self, principal: Principal, vm_id: str, changes: VMUpdate) -> VM:
+        async with self._audited(principal, "vm.update", vm_id):
+            return await self._update(principal, vm_id, changes)
+
+    async def _update(self, principal: Principal, vm_id: str, changes: VMUpdate) -> VM:
         vm = await self.get(principal, vm_id)
         async with self._lock(vm.id):
             vm = await self.state.reload(vm.id)
@@ -334,12 +365,13 @@ class VMService:
         if not wait:
             vm, _ = await self.submit(principal, vm_id, action, force=force, timeout=timeout)
             return vm
-        vm, work, lock = await self._begin_action(principal, vm_id, action, force, timeout)
-        try:
-            with self.recovery.resync_if_the_database_fails(vm.id):
-                return await work.run(vm)
-        finally:
-            lock.release()
+        async with self._audited(principal, f"vm.{action}", vm_id):
+            vm, work, lock = await self._begin_action(principal, vm_id, action, force, timeout)
+            try:
+                with self.recovery.resync_if_the_database_fails(vm.id):
+                    return await work.run(vm)
+            finally:
+                lock.release()
 
     async def submit(
         self,
@@ -352,6 +384,14 @@ class VMService:
     ) -> tuple[VM, Operation]:
         """Begin one lifecycle action and finish it as an operation: the VM as the action left
         it when under way (`starting`, ...) and the operation to wait on."""
+        async with self._audited(principal, f"vm.{action}", vm_id) as entry:
+            vm, op = await self._submit(principal, vm_id, action, force, timeout)
+            entry.message = f"accepted as {op.id}"
+        return vm, op
+
+    async def _submit(
+        self, principal: Principal, vm_id: str, action: str, force: bool, timeout: float | None
+    ) -> tuple[VM, Operation]:
         vm, work, lock = await self._begin_action(principal, vm_id, action, force, timeout)
         try:
             op = await self.operations.begin(
@@ -362,14 +402,12 @@ class VMService:
             raise
 
         async def finish(_: Progress) -> dict[str, Any]:
-            try:
-                with self.recovery.resync_if_the_database_fails(vm.id):
-                    done = await work.run(vm)
-            finally:
-                lock.release()
+            with self.recovery.resync_if_the_database_fails(vm.id):
+                done = await work.run(vm)
             return {"vm_id": done.id, "status": done.status.value}
 
-        self.operations.run(op, finish)
+        # Released when the task ends, however: even one cancelled before its first step.
+        self.operations.run(op, finish).add_done_callback(lambda _: lock.release())
         return vm, op
 
     async def _begin_action(
@@ -519,6 +557,10 @@ class VMService:
 
     # -- delete --------------------------------------------------------------------------------
     async def delete(self, principal: Principal, vm_id: str, *, force: bool = False) -> None:
+        async with self._audited(principal, "vm.delete", vm_id):
+            await self._delete(principal, vm_id, force=force)
+
+    async def _delete(self, principal: Principal, vm_id: str, *, force: bool) -> None:
         principal.require("vm:delete")
         vm = await self.get(principal, vm_id)
         async with self._lock(vm.id):
@@ -647,6 +689,14 @@ class VMService:
         marker.write_text(f"{os.getpid()}\n")
         log.warning("VOIDVM_TEST_PAUSE_AT: paused at %s for good", point)
         await asyncio.Event().wait()
+
+
+@dataclass
+class AuditNote:
+    """What an audited call found out while it ran."""
+
+    target_id: str | None
+    message: str = ""
 
 
 @dataclass

@@ -189,6 +189,8 @@ _BY_CODE: dict[str, type[VoidVMError]] = {
     "IMAGE_NOT_FOUND": NotFoundError,
     "TOKEN_NOT_FOUND": NotFoundError,
     "OPERATION_NOT_FOUND": NotFoundError,
+    "CONFLICT": ConflictError,
+    "OPERATION_CANCELLED": ConflictError,
     "VM_ALREADY_RUNNING": ConflictError,
     "VM_NOT_RUNNING": ConflictError,
     "INVALID_STATE": ConflictError,
@@ -204,6 +206,12 @@ _BY_CODE: dict[str, type[VoidVMError]] = {
     "HYPERVISOR_UNAVAILABLE": ServerError,
     "SERVICE_UNAVAILABLE": ServerError,
     "HYPERVISOR_TIMEOUT": ServerError,
+    "HYPERVISOR_ERROR": ServerError,
+    "STORAGE_FULL": ServerError,
+    "STORAGE_READ_ONLY": ServerError,
+    "INSUFFICIENT_STORAGE": ServerError,
+    "IMAGE_PULL_FAILED": ServerError,
+    "INTERRUPTED": ServerError,  # the server stopped while the operation ran
 }
 
 _BY_STATUS: dict[int, type[VoidVMError]] = {

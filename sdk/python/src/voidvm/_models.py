@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Generic, Self, TypeVar
 
-from ._errors import VoidVMError, error_class_for
+from ._errors import error_class_for
 
 __all__ = [
     "OPERATION_FINISHED",
@@ -196,12 +196,12 @@ class Operation(Record):
         """Return the operation, unless it failed or was cancelled: a failed one raises the
         :class:`~voidvm.VoidVMError` subclass its ``error.code`` maps to (``VALIDATION_ERROR``
         raises :class:`~voidvm.ValidationError`, an unknown code :class:`~voidvm.VoidVMError`),
-        a cancelled one :class:`~voidvm.VoidVMError` with code ``OPERATION_CANCELLED``. The
+        a cancelled one :class:`~voidvm.ConflictError` with code ``OPERATION_CANCELLED``. The
         error's ``details`` are ``{"operation": <its id>}``. One still running is returned."""
         status = self.get("status")
         details = {"operation": self.get("id")}
         if status == "cancelled":
-            raise VoidVMError(
+            raise error_class_for(None, "OPERATION_CANCELLED")(
                 f"the {self.get('type')} operation was cancelled",
                 code="OPERATION_CANCELLED",
                 details=details,

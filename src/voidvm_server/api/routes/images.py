@@ -22,7 +22,7 @@ from voidvm_server.api.response_models import (
 from voidvm_server.api.routes.operations import operation_location
 from voidvm_server.api.schemas import ImageImport
 from voidvm_server.domain.models import ImageFormat
-from voidvm_server.errors import ValidationError
+from voidvm_server.errors import ConflictError, ValidationError
 from voidvm_server.services.images import ImageSource
 
 router = APIRouter(prefix="/images", tags=["images"], responses=ERROR_RESPONSES)
@@ -67,7 +67,13 @@ async def import_image(body: ImageImport, admin: AdminPrincipal, container: Cont
             answer = ok(image_json(image), "Image import accepted", 202, operation=operation_json(operation))
             answer.headers.update(operation_location(operation))
             return answer
-        await asyncio.shield(done)  # its error, if any, is this answer's; a disconnect leaves it running
+        try:
+            await asyncio.shield(done)  # its error, if any, is this answer's; a disconnect leaves it running
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if done.cancelled() and not (current and current.cancelling()):  # cancelled by DELETE
+                raise ConflictError("The import was cancelled", code="OPERATION_CANCELLED") from None
+            raise
         image = await container.images.get(image.id)
     else:
         image = await container.images.import_image(body.name, fmt, ImageSource(path=body.path), body.aliases)

@@ -74,13 +74,7 @@ async def create_vm(body: VMCreateBody, principal: CurrentPrincipal, container: 
         description=body.description,
         auto_start=body.auto_start,
     )
-    try:
-        vm = await container.vms.create(principal, spec)
-    except Exception as exc:
-        await container.audit.record("vm.create", user=principal.user, target_type="vm",
-                                     result="failure", message=str(exc)[:200])  # fmt: skip
-        raise
-    await container.audit.record("vm.create", user=principal.user, target_type="vm", target_id=vm.id)
+    vm = await container.vms.create(principal, spec)
     return ok(vm_json(vm), "Virtual machine created", 201)
 
 
@@ -96,7 +90,6 @@ async def update_vm(
 ) -> JSONResponse:
     changes = VMUpdate(**body.model_dump())
     vm = await container.vms.update(principal, vm_id, changes)
-    await container.audit.record("vm.update", user=principal.user, target_type="vm", target_id=vm.id)
     return ok(vm_json(vm), "Virtual machine updated")
 
 
@@ -108,7 +101,6 @@ async def delete_vm(
     force: bool = Query(False, description="stop a running VM first"),
 ) -> JSONResponse:
     await container.vms.delete(principal, vm_id, force=force)
-    await container.audit.record("vm.delete", user=principal.user, target_type="vm", target_id=vm_id)
     return ok({"id": vm_id}, "Virtual machine deleted")
 
 
@@ -121,20 +113,14 @@ async def _action(
 ) -> JSONResponse:
     options = body or VMActionBody()
     operation = None
-    try:
-        if options.wait:
-            vm = await container.vms.action(
-                principal, vm_id, action, force=options.force, timeout=options.timeout
-            )
-        else:
-            vm, operation = await container.vms.submit(
-                principal, vm_id, action, force=options.force, timeout=options.timeout
-            )
-    except Exception as exc:
-        await container.audit.record(f"vm.{action}", user=principal.user, target_type="vm",
-                                     target_id=vm_id, result="failure", message=str(exc)[:200])  # fmt: skip
-        raise
-    await container.audit.record(f"vm.{action}", user=principal.user, target_type="vm", target_id=vm_id)
+    if options.wait:
+        vm = await container.vms.action(
+            principal, vm_id, action, force=options.force, timeout=options.timeout
+        )
+    else:
+        vm, operation = await container.vms.submit(
+            principal, vm_id, action, force=options.force, timeout=options.timeout
+        )
     if operation is not None:
         answer = ok(vm_json(vm), f"{action} accepted", 202, operation=operation_json(operation))
         answer.headers.update(operation_location(operation))

@@ -29,7 +29,7 @@ from voidvm_server.api.ws.samplers import Samplers, host_sample
 from voidvm_server.api.ws.subscriptions import EventRouter
 from voidvm_server.api.ws.terminal import Terminals
 from voidvm_server.auth.principal import Principal
-from voidvm_server.errors import InvalidStateError, VoidVMError
+from voidvm_server.errors import InvalidStateError
 from voidvm_server.services.clock import now
 from voidvm_server.services.vms import VMQuery
 
@@ -126,26 +126,15 @@ def _host_sampler(s: Session) -> Callable[[], Awaitable[dict[str, Any]]]:
 async def vm_control(s: Session, data: VMControlData, msg_id: MessageId) -> None:
     principal = s.principal()
     wait = data.action in QUICK_ACTIONS
-    try:
-        vm = await s.container.vms.action(
-            principal, data.vmId, data.action, wait=wait, force=data.force, timeout=data.timeout
-        )
-    except VoidVMError as exc:
-        await _audit(s, principal, data, "failure", exc.message[:200])
-        raise
-    await _audit(s, principal, data, "success", "via WebSocket")
-    s.reply(
-        "vm-control-response",
-        {"vmId": vm.id, "action": data.action, "status": vm.status.value, "accepted": not wait},
-        msg_id,
-    )
-
-
-async def _audit(s: Session, principal: Principal, data: VMControlData, result: str, message: str) -> None:
-    await s.container.audit.record(
-        f"vm.{data.action}", user=principal.user, target_type="vm", target_id=data.vmId,
-        result=result, message=message,
-    )  # fmt: skip
+    vms, force, timeout = s.container.vms, data.force, data.timeout  # the service writes the audit entry
+    reply: dict[str, Any] = {"vmId": data.vmId, "action": data.action}
+    if wait:
+        vm = await vms.action(principal, data.vmId, data.action, force=force, timeout=timeout)
+    else:
+        vm, operation = await vms.submit(principal, data.vmId, data.action, force=force, timeout=timeout)
+        reply["operationId"] = operation.id
+    reply.update(vmId=vm.id, status=vm.status.value, accepted=not wait)
+    s.reply("vm-control-response", reply, msg_id)
 
 
 async def terminal_connect(s: Session, data: TerminalConnectData, msg_id: MessageId) -> None:
