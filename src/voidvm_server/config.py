@@ -128,6 +128,7 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     metrics_public: bool = False
     stats_interval_seconds: float = 10.0
+    operation_retention_days: float = 30.0  # finished operations older than this are deleted
 
     @field_validator("allowed_hosts", "trusted_proxies", "ws_allowed_origins", mode="before")
     @classmethod

@@ -7,6 +7,7 @@ import http.server
 import shutil
 import threading
 from collections.abc import AsyncIterator, Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,9 @@ import pytest
 from tests.conftest import Api, auth, fake_driver_factory, make_settings, running_api
 from voidvm_server.domain.models import ImageFormat, ImageStatus
 from voidvm_server.drivers.fake import FakeDriver
+from voidvm_server.persistence.operations import OperationRepository
 from voidvm_server.persistence.repositories import ImageRepository
+from voidvm_server.services.clock import now
 
 TINY_VM = {"cpu": 1, "memory": 256, "disk": 1}
 IMAGE_BYTES = 4 * 1024 * 1024  # the download reads 1 MiB chunks: progress moves by 25 %
@@ -281,3 +284,18 @@ async def test_a_url_import_a_kill_cut_short_leaves_nothing_after_the_restart(ur
     assert not partial.exists()
     async with url_api.container.db.session() as s:
         assert await ImageRepository(s).get(record.id) is None
+
+
+async def test_finished_operations_older_than_the_retention_are_pruned(api: Api) -> None:
+    ops = api.container.operations
+    fields = {"resource_type": "vm", "resource_id": "vm-000000000001", "owner_id": "usr-x"}
+    old, recent, running = [await ops.begin("vm.start", **fields) for _ in range(3)]
+    long_ago = now() - timedelta(days=31)
+    async with api.container.db.session() as s:
+        repo = OperationRepository(s)
+        await repo.update_unfinished(old.id, status="succeeded", finished_at=long_ago)
+        await repo.update_unfinished(recent.id, status="failed", finished_at=now())
+        await repo.update_unfinished(running.id, updated_at=long_ago)  # old, but still running
+    assert await ops.prune() == 1
+    assert await ops._load(old.id) is None
+    assert await ops._load(recent.id) is not None and await ops._load(running.id) is not None

@@ -125,7 +125,7 @@ async def build_container(settings: Settings, driver_factory: DriverFactory | No
     )
     tasks = BackgroundTasks()
     audit = AuditLog(db)
-    operations = OperationService(db, bus, tasks)
+    operations = OperationService(db, bus, tasks, retention_days=settings.operation_retention_days)
     images = ImageService(
         db, settings, qemu_img, default_image=lambda: live.current.default_image, operations=operations
     )
@@ -188,6 +188,7 @@ async def start_services(container: Container) -> None:
         )
     await container.images.recover()
     await container.operations.recover()
+    container.operations.start_pruning()
     await container.vms.recovery.reconcile()
     container.auth.start()
     container.monitor.start()

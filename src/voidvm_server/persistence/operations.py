@@ -7,7 +7,7 @@ from dataclasses import asdict
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from voidvm_server.domain.operations import Operation, OperationStatus
@@ -88,6 +88,15 @@ class OperationRepository:
             query.order_by(OperationRow.created_at.desc(), OperationRow.id.desc()).offset(offset).limit(limit)
         )
         return [_operation(r) for r in rows], total
+
+    async def prune(self, finished_before: datetime) -> int:
+        """Delete the operations that finished before `finished_before`; how many went."""
+        result = await self.session.execute(
+            delete(OperationRow).where(
+                OperationRow.status.not_in(UNFINISHED), OperationRow.finished_at < finished_before
+            )
+        )
+        return int(result.rowcount)  # type: ignore[attr-defined]
 
     async def fail_unfinished(self, error: dict[str, Any], at: datetime) -> builtins.list[Operation]:
         """Mark every operation still pending or running failed with `error`; those it changed."""

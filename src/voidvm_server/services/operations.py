@@ -16,6 +16,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 from voidvm_server.auth.principal import Principal
@@ -31,6 +32,7 @@ from voidvm_server.services.tasks import BackgroundTasks
 log = logging.getLogger(__name__)
 MAX_WAIT_SECONDS = 60.0
 REREAD_SECONDS = 1.0  # a wait re-reads the row at least this often
+PRUNE_EVERY_SECONDS = 3600.0
 PROGRESS_EVERY_SECONDS = 0.5  # progress is written at most this often (and on every whole percent)
 S = OperationStatus
 
@@ -91,8 +93,11 @@ class Progress:
 
 
 class OperationService:
-    def __init__(self, db: Database, bus: EventBus, tasks: BackgroundTasks) -> None:
+    def __init__(
+        self, db: Database, bus: EventBus, tasks: BackgroundTasks, *, retention_days: float = 30.0
+    ) -> None:
         self.db = db
+        self.retention = timedelta(days=retention_days)
         self.bus = bus
         self.tasks = tasks
         self._running: dict[str, asyncio.Task[Any]] = {}
@@ -270,6 +275,25 @@ class OperationService:
         for op in cut_short:
             log.warning("Operation %s (%s) was cut short by a restart", op.id, op.type)
             self._publish(op)
+
+    def start_pruning(self) -> None:
+        """Prune finished operations older than the retention now and then (hourly)."""
+        self.tasks.spawn(self._prune_now_and_then(), name="operation-retention")
+
+    async def _prune_now_and_then(self) -> None:
+        while True:
+            try:
+                await self.prune()
+            except Exception:  # the database is away: the next round tries again
+                log.warning("Pruning old operations failed", exc_info=True)
+            await asyncio.sleep(PRUNE_EVERY_SECONDS)
+
+    async def prune(self) -> int:
+        async with self.db.session() as s:
+            gone = await OperationRepository(s).prune(now() - self.retention)
+        if gone:
+            log.info("Deleted %d operations that finished over %s ago", gone, self.retention)
+        return gone
 
     def _publish(self, op: Operation) -> None:
         vm_id = op.resource_id if op.resource_type == "vm" else None
