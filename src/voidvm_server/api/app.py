@@ -205,7 +205,7 @@ async def stop_services(container: Container) -> None:
     await container.monitor.stop()
     await container.auth.stop()
     await container.tasks.close()
-    container.operations.close()
+    await container.operations.close()
     await container.driver.close()
     await container.db.close()
 

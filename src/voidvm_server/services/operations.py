@@ -104,6 +104,7 @@ class OperationService:
         self._cancel_asked: set[str] = set()
         self._changed: dict[str, asyncio.Event] = {}
         self._stop_listening = bus.listen(self._heard)
+        self._pruner: asyncio.Task[None] | None = None
 
     # -- starting work -------------------------------------------------------------------------
     async def begin(
@@ -277,8 +278,10 @@ class OperationService:
             self._publish(op)
 
     def start_pruning(self) -> None:
-        """Prune finished operations older than the retention now and then (hourly)."""
-        self.tasks.spawn(self._prune_now_and_then(), name="operation-retention")
+        """Prune finished operations older than the retention now and then (hourly). A task of
+        the service's own, like the monitor's: it runs for good, so it is no background work that
+        `BackgroundTasks.wait_idle` would wait for."""
+        self._pruner = asyncio.get_running_loop().create_task(self._prune_now_and_then(), name="operations")
 
     async def _prune_now_and_then(self) -> None:
         while True:
@@ -299,5 +302,9 @@ class OperationService:
         vm_id = op.resource_id if op.resource_type == "vm" else None
         self.bus.publish("operation", operation_json(op), vm_id=vm_id, owner_id=op.owner_id)
 
-    def close(self) -> None:
+    async def close(self) -> None:
         self._stop_listening()
+        if self._pruner is not None:
+            self._pruner.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._pruner
