@@ -5,7 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 want_tests=${1:-}
-packages=(qemu-system-x86 qemu-utils linux-image-cloud-amd64 busybox-static passt nftables)
+# passt from Debian for its user and man page; gcc, make, curl, xz-utils build the newer one VoidVM runs.
+packages=(qemu-system-x86 qemu-utils linux-image-cloud-amd64 busybox-static passt nftables gcc libc6-dev make curl xz-utils)
 if [ "$want_tests" = "--test" ]; then
   packages+=(postgresql redis-server nodejs npm zsh fish)  # zsh, fish: completion tests
 fi
@@ -30,6 +31,10 @@ if [ "${#missing[@]}" -gt 0 ]; then
     echo "  sudo apt-get install -y --no-install-recommends ${missing[*]}"
     exit 1
   fi
+fi
+
+if [ "$(id -u)" -eq 0 ]; then
+  scripts/build-passt.sh
 fi
 
 if [ ! -x .venv/bin/python ]; then

@@ -242,9 +242,10 @@ async def test_the_guest_never_reaches_link_local_metadata(site: Site) -> None:
     assert data == b"control"
 
 
-async def test_a_root_guest_routing_loopback_out_is_stopped_by_the_table(site: Site) -> None:
-    """A guest that is root can put 127.0.0.1 on its wire; passt then connect()s to this host's
-    127.0.0.1. Only VoidVM's table stands in the way, as the control without it shows."""
+async def test_a_root_guest_routing_loopback_out_reaches_nothing(site: Site) -> None:
+    """A guest that is root can put 127.0.0.1 on its wire. Debian 12's passt then connect()ed to
+    this host's 127.0.0.1, and only VoidVM's table stood in the way; the passt VoidVM builds drops
+    such packets itself, as the control without the table shows, and the table stays behind it."""
     await site.guest(
         "for f in all eth0; do echo 1 > /proc/sys/net/ipv4/conf/$f/route_localnet; done; "
         "ip route del local 127.0.0.0/8 dev lo table local; "
@@ -253,20 +254,16 @@ async def test_a_root_guest_routing_loopback_out_is_stopped_by_the_table(site: S
     )
     assert "dev eth0" in await site.guest("ip route get 127.0.0.1")
     targets = [("127.0.0.1", site.loopback.port), ("127.0.0.1", site.api_port)]
-    seen, refused = len(site.loopback.peers), refusals(site, tcp=True)
+    seen = len(site.loopback.peers)
     await attempts_from_guest(site, targets)
     assert len(site.loopback.peers) == seen, "the guest reached a loopback-only service"
-    assert refusals(site, tcp=True) >= refused + len(targets)  # the API's port too
 
     nft_in(site.net.host, "delete", "table", "inet", guest_firewall.TABLE)
     try:
-        await attempts_from_guest(site, targets[:1])
-
-        async def reached() -> bool:
-            return len(site.loopback.peers) > seen
-
-        await poll(reached, timeout=5, what="the unfenced guest to reach the loopback service")
-        assert site.loopback.peers[-1] == "127.0.0.1"
+        output = await attempts_from_guest(site, targets)
+        await asyncio.sleep(1)  # a connection passt had made would be recorded by now
+        assert len(site.loopback.peers) == seen, "passt forwarded a guest's packet to the host's loopback"
+        assert output.count("timed out") == len(targets), output  # dropped, not even refused
     finally:
         await guest_firewall.install(pwd.getpwnam("voidvm-net").pw_uid, netns=site.net.host)
 

@@ -112,19 +112,22 @@ async def test_a_start_puts_back_the_table_a_firewall_reload_dropped(
             await stop(driver, "vm-fenced")
 
 
-async def test_with_no_network_at_all_the_vm_gets_qemus_restricted_network(
+async def test_with_no_network_at_all_the_vm_still_gets_its_passt(
     tmp_path: Path, tiny_image: tuple[Path, Path]
 ) -> None:
+    """The passt VoidVM builds runs without a default route (an offline host): the guest gets its
+    lease and SSH forward, and reaches nothing, as there is nothing. (Debian 12's passt refused to
+    start there; the driver still falls back to QEMU's restricted network for such a passt.)"""
     with offline_netns() as netns:
         driver = QemuDriver(tmp_path, accel="tcg", network=GuestNetwork(netns=netns))
         await driver.prepare_disk("vm-offline", tiny_media(tiny_image), 1)
-        port = free_loopback_port()
+        spec = VMSpec("vm-offline", 1, 128, tiny_media(tiny_image), free_loopback_port())
         try:
-            pid = await driver.start(VMSpec("vm-offline", 1, 128, tiny_media(tiny_image), port))
+            pid = await driver.start(spec)
             argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-            assert f"user,id=net0,restrict=on,hostfwd=tcp:127.0.0.1:{port}-:22".encode() in argv
-            assert not PasstFiles(driver.run_dir("vm-offline")).pidfile.exists()
-            assert passt_pids(str(tmp_path)) == []
+            assert any(arg.startswith(b"stream,id=net0") for arg in argv), argv
+            [passt] = passt_pids(str(tmp_path))
+            assert os.readlink(f"/proc/{passt}/ns/net") == f"net:[{os.stat(f'/run/netns/{netns}').st_ino}]"
         finally:
             await stop(driver, "vm-offline")
     assert not os.path.exists(f"/run/netns/{netns}")

@@ -19,12 +19,12 @@ RUN = Path("/var/lib/voidvm/vms/vm-0123456789ab")
 
 
 def test_passt_as_root_in_the_hosts_namespace() -> None:
-    argv = passt_argv(PasstFiles(RUN), binary="passt", fd=5, pidfile_fd=6, ssh_port=40022,
+    argv = passt_argv(PasstFiles(RUN), binary="passt", fd=5, ssh_port=40022,
                       runas="voidvm-net", netns=None)  # fmt: skip
     assert argv == [
         "passt",
         "--fd", "5",
-        "--pid", "/proc/self/fd/6",
+        "--pid", "/var/lib/voidvm/vms/vm-0123456789ab/passt.pid",
         "--log-file", "/var/lib/voidvm/vms/vm-0123456789ab/passt.log",
         "--quiet",
         "--no-map-gw",
@@ -38,7 +38,7 @@ def test_passt_as_root_in_the_hosts_namespace() -> None:
 
 
 def test_passt_in_a_network_namespace_without_ssh_forward_or_user() -> None:
-    argv = passt_argv(PasstFiles(RUN), binary="/usr/bin/passt", fd=3, pidfile_fd=4, ssh_port=None,
+    argv = passt_argv(PasstFiles(RUN), binary="/usr/bin/passt", fd=3, ssh_port=None,
                       runas=None, netns="voidvm-guests")  # fmt: skip
     assert argv[:5] == ["ip", "netns", "exec", "voidvm-guests", "/usr/bin/passt"]
     assert "--tcp-ports" not in argv and "--runas" not in argv

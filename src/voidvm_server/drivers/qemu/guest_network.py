@@ -22,7 +22,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from voidvm_server.drivers.qemu import guest_firewall
-from voidvm_server.drivers.qemu.passt import PasstError, PasstFiles, PasstProcess, launch_passt
+from voidvm_server.drivers.qemu.passt import (
+    BUILT_PASST,
+    PasstError,
+    PasstFiles,
+    PasstProcess,
+    default_passt,
+    launch_passt,
+)
 from voidvm_server.drivers.qemu.process import run_tool
 from voidvm_server.errors import DriverError
 
@@ -54,12 +61,12 @@ class GuestNetwork:
     def __init__(
         self,
         *,
-        passt_binary: str = "passt",
+        passt_binary: str | None = None,
         netns: str | None = None,
         user: str = "voidvm-net",
         allow_unfenced: bool = False,
     ) -> None:
-        self.passt_binary = passt_binary
+        self.passt_binary = passt_binary or default_passt()
         self.netns = netns
         self.user = user
         # Without the fence (not root, no nft) guests get the restricted network, unless the
@@ -111,7 +118,12 @@ class GuestNetwork:
         installed = await guest_firewall.is_installed(netns=self.netns)
         table = "present" if installed else "installed when the server starts"
         return (f"passt as {self.user}{self._where()}, isolated from this host "
-                f"(nftables table inet {guest_firewall.TABLE}: {table})")  # fmt: skip
+                f"(nftables table inet {guest_firewall.TABLE}: {table}){self._build_note()}")  # fmt: skip
+
+    def _build_note(self) -> str:
+        if self.passt_binary == str(BUILT_PASST):
+            return ""
+        return f"; {self.passt_binary} is not VoidVM's build: run scripts/build-passt.sh as root"
 
     # -- server start ------------------------------------------------------------------------
     async def prepare(self) -> None:

@@ -21,8 +21,14 @@ from voidvm_server.errors import DriverError, HypervisorTimeoutError
 # What the guest is leased: the addresses QEMU's user-mode network uses (domain.models.GUEST_IP).
 GUEST_ADDRESS, GUEST_PREFIX, GUEST_GATEWAY = "10.0.2.15", 24, "10.0.2.2"
 LAUNCH_TIMEOUT = 20.0
+# Where scripts/build-passt.sh installs the passt VoidVM runs: Debian 12's own corrupts the TCP
+# streams of slow guests (data sent again as new, the peer's FIN lost).
+BUILT_PASST = Path("/usr/local/libexec/voidvm/passt")
 # passt's own words when the namespace has no interface with a default route (an offline host).
 NO_UPLINK = "External interface not usable"
+# Lines of passt's stderr that say nothing to a VM's owner: syslog trouble, and the note that the
+# build has no AVX2 twin (VoidVM builds the plain one, scripts/build-passt.sh).
+_NOISE = ("Failed to send", "Can't run AVX2 build")
 
 
 class PasstError(DriverError):
@@ -50,23 +56,26 @@ class PasstFiles:
         return self.run_dir / "passt-launch.err"
 
 
+def default_passt() -> str:
+    return str(BUILT_PASST) if BUILT_PASST.is_file() else "passt"
+
+
 def passt_argv(
     files: PasstFiles,
     *,
     binary: str,
     fd: int,
-    pidfile_fd: int,
     ssh_port: int | None,
     runas: str | None,
     netns: str | None,
 ) -> list[str]:
-    """passt writes its pidfile after dropping privileges, when it can no longer open a path in
-    the root-owned run directory; so it gets a file of its own, already open, by /proc."""
+    """passt opens its pidfile and log while still root (before it drops to `runas`) and closes
+    every other inherited descriptor, so both are paths in the root-owned run directory."""
     argv = ["ip", "netns", "exec", netns] if netns is not None else []
     argv += [
         binary,
         "--fd", str(fd),
-        "--pid", f"/proc/self/fd/{pidfile_fd}",
+        "--pid", str(files.pidfile),
         "--log-file", str(files.log),
         "--quiet",
         "--no-map-gw",  # the gateway address is a machine outside, never this host's loopback
@@ -161,12 +170,10 @@ async def _spawn(
     runas: tuple[str, int, int] | None,
     netns: str | None,
 ) -> PasstProcess:
-    pidfile_fd = os.open(files.pidfile, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    files.pidfile.unlink(missing_ok=True)  # a pid read before passt writes it is never a stale one
     try:
-        if runas is not None:
-            os.fchown(pidfile_fd, runas[1], runas[2])
-        argv = passt_argv(files, binary=binary, fd=sock.fileno(), pidfile_fd=pidfile_fd,
-                          ssh_port=ssh_port, runas=runas[0] if runas else None, netns=netns)  # fmt: skip
+        argv = passt_argv(files, binary=binary, fd=sock.fileno(), ssh_port=ssh_port,
+                          runas=runas[0] if runas else None, netns=netns)  # fmt: skip
         # stderr to a file, as for QEMU: the daemon may hold a pipe's end long after the launch.
         with files.launch_errors.open("wb") as errors:
             proc = await asyncio.create_subprocess_exec(
@@ -174,12 +181,10 @@ async def _spawn(
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.DEVNULL,
                 stderr=errors,
-                pass_fds=(sock.fileno(), pidfile_fd),
+                pass_fds=(sock.fileno(),),
             )
     except FileNotFoundError as exc:
         raise DriverError("The guest network (passt) could not be started", details=exc.strerror) from exc
-    finally:
-        os.close(pidfile_fd)
     try:
         async with asyncio.timeout(LAUNCH_TIMEOUT):
             returncode = await proc.wait()
@@ -211,5 +216,5 @@ def _kill_from_pidfile(files: PasstFiles) -> None:
 def _last_lines(path: Path) -> str:
     """passt's complaint for the VM's owner: without syslog noise or the run directory's path."""
     lines = [line for line in path.read_text(errors="replace").splitlines()
-             if line.strip() and not line.startswith("Failed to send")]  # fmt: skip
+             if line.strip() and not line.startswith(_NOISE)]  # fmt: skip
     return "; ".join(lines)[-500:].replace(str(path.parent) + "/", "")
