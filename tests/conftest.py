@@ -226,9 +226,9 @@ async def qemu_api(tmp_path: Path, tiny_image: tuple[Path, Path]) -> AsyncIterat
 
 async def kill_all_vms(container: Container) -> None:
     """Tests never leak QEMU processes, whatever happened in them."""
-    for vm_id in container.driver.known_run_dirs():
-        if container.driver.is_running(vm_id):
-            await container.driver.kill(vm_id)
+    for vm_id in container.agent.driver.known_run_dirs():
+        if container.agent.driver.is_running(vm_id):
+            await container.agent.driver.kill(vm_id)
 
 
 @pytest.fixture

@@ -39,7 +39,7 @@ async def test_state_changes_lost_to_a_database_outage_are_put_right_when_it_ret
             api.client.headers.update(auth(token))
             api.client.base_url = api.client.base_url.join("/api/v1/")
             http = Http(api.client)
-            db, driver = api.container.db, api.container.driver
+            db, driver = api.container.db, api.container.agent.driver
             assert isinstance(driver, QemuDriver)
             outage = asyncio.Event()
 

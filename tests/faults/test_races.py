@@ -96,7 +96,7 @@ async def test_a_forced_delete_during_a_create_waits_for_the_disk(
     (as on a busy host) so that the delete surely arrives while the disk is being written."""
     async with race_app(tmp_path, tiny_image) as (api, http):
         data_dir = api.container.settings.data_dir
-        driver = api.container.driver
+        driver = api.container.agent.driver
         assert isinstance(driver, QemuDriver)
         create_blank = driver.img.create_blank
 

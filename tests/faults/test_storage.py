@@ -106,7 +106,7 @@ async def storage_app(tmp_path: Path, tiny: tuple[Path, Path], reserve_mb: int =
 
 def simulate(api: Api, monkeypatch: pytest.MonkeyPatch, code: int) -> None:
     """What qemu-img reports on a full or read-only disk, for machines where we cannot mount."""
-    driver = api.container.driver
+    driver = api.container.agent.driver
     assert isinstance(driver, QemuDriver)
 
     async def failing(disk: Path, size: int) -> None:
@@ -142,7 +142,7 @@ async def test_vm_storage_full_or_read_only_during_a_create(
 ) -> None:  # fmt: skip
     async with storage_app(tmp_path, tiny_image) as api:
         token = await api.login()
-        vms_dir = api.container.driver.vms_dir  # type: ignore[attr-defined]
+        vms_dir = api.container.agent.driver.vms_dir  # type: ignore[attr-defined]
         before = await state(api, token)
         with (full_disk if fault == "full" else read_only)(vms_dir) as how:
             metric(f"storage_{fault}_mode", how)
@@ -261,7 +261,7 @@ async def test_create_grow_and_start_answer_507_under_the_reserve(
 ) -> None:
     async with storage_app(tmp_path, tiny_image, reserve_mb=32) as api:
         token = await api.login()
-        vms_dir = api.container.driver.vms_dir  # type: ignore[attr-defined]
+        vms_dir = api.container.agent.driver.vms_dir  # type: ignore[attr-defined]
         with small_tmpfs(vms_dir, 64):
             try:
                 kept = await api.client.post(
@@ -310,7 +310,7 @@ async def test_a_vm_whose_disk_writes_find_the_host_disk_full_is_paused_and_resu
 ) -> None:
     async with storage_app(tmp_path, tiny_image, reserve_mb=8) as api:
         token = await api.login()
-        vms_dir = api.container.driver.vms_dir  # type: ignore[attr-defined]
+        vms_dir = api.container.agent.driver.vms_dir  # type: ignore[attr-defined]
         with small_tmpfs(vms_dir, 96):
             try:
                 await _fill_the_disk_under_a_running_vm(api, token, vms_dir)

@@ -47,7 +47,7 @@ async def _flood(api: Api) -> None:
     vm_id = (await create_vm(api, token, "flood"))["id"]
     await action(api, token, vm_id, "start")
     await wait_console(api, token, vm_id, READY_LINE)
-    log = api.container.driver.console_log(vm_id)
+    log = api.container.agent.driver.console_log(vm_id)
     largest = 0
 
     def within_cap() -> None:

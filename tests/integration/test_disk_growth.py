@@ -15,7 +15,7 @@ SECTORS_PER_GIB = 1024**3 // 512
 
 
 def virtual_size(api: Api, vm_id: str) -> int:
-    disk = api.container.driver.run_dir(vm_id) / "disk.qcow2"
+    disk = api.container.agent.driver.run_dir(vm_id) / "disk.qcow2"
     out = subprocess.run(
         ["qemu-img", "info", "-U", "--output=json", "-f", "qcow2", str(disk)],
         check=True,

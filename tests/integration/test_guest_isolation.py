@@ -74,7 +74,7 @@ class Site:
 
     @property
     def run_dir(self) -> Path:
-        return self.api.container.driver.run_dir(self.vm_id)
+        return self.api.container.agent.driver.run_dir(self.vm_id)
 
     async def guest(self, command: str) -> str:
         return await serial_run(self.api, self.vm_id, command)

@@ -65,7 +65,7 @@ async def test_passt_outlives_a_server_restart_and_the_ssh_forward_still_answers
             vm_id = (await create_vm(api, token, "survivor"))["id"]
             port = (await action(api, token, vm_id, "start"))["data"]["ports"]["ssh"]
             await wait_console(api, token, vm_id, READY_LINE)
-            files = PasstFiles(api.container.driver.run_dir(vm_id))
+            files = PasstFiles(api.container.agent.driver.run_dir(vm_id))
             passt = int(files.pidfile.read_text())
         # The server is gone; the VM and its network are not.
         assert is_passt_process(passt, files)

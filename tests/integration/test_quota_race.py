@@ -46,7 +46,7 @@ async def test_parallel_creates_never_overshoot_the_quota(tmp_path: Path, databa
         usage = response.json()["data"]["usage"]
         assert usage == {"vms": 5, "cpus": 5, "memory_mb": 5 * 128, "disk_gb": 5}
         # Only the VMs that exist have disks.
-        assert sorted(api.container.driver.known_run_dirs()) == sorted(vm["id"] for vm in vms)
+        assert sorted(api.container.agent.driver.known_run_dirs()) == sorted(vm["id"] for vm in vms)
 
         # Deleting one frees exactly one slot.
         response = await api.client.delete(f"/api/v1/vms/{vms[0]['id']}", headers=auth(token))

@@ -200,7 +200,7 @@ async def test_guest_ignoring_the_power_button_is_killed_after_the_timeout(
 async def test_qemu_refusing_to_start_gives_error_with_a_reason(qemu_api: Api, qemu_token: str) -> None:
     api, token = qemu_api, qemu_token
     vm_id = (await create_vm(api, token, "broken"))["id"]
-    disk = api.container.driver.run_dir(vm_id) / "disk.qcow2"
+    disk = api.container.agent.driver.run_dir(vm_id) / "disk.qcow2"
     disk.write_bytes(b"not a qcow2 image")
 
     response = await api.client.post(f"/api/v1/vms/{vm_id}/start", headers=auth(token))
@@ -226,7 +226,7 @@ async def test_qemu_refusing_to_start_gives_error_with_a_reason(qemu_api: Api, q
 async def late_exit(api: Api, vm_id: str) -> Callable[[], Awaitable[None]]:
     """End the VM's 'process' now, and return a function that reports the exit later (as the
     QEMU driver does while it drains QMP events)."""
-    driver = api.container.driver
+    driver = api.container.agent.driver
     assert isinstance(driver, FakeDriver)
     driver.running.pop(vm_id)
 
@@ -246,7 +246,7 @@ async def test_restart_right_after_an_unreported_exit(api: Api, admin_token: str
     await report()  # about the process that is gone, not the new one
     vm = await get_vm(api, admin_token, vm_id)
     assert (vm["status"], vm["status_reason"]) == ("running", None)
-    assert api.container.driver.is_running(vm_id)
+    assert api.container.agent.driver.is_running(vm_id)
 
 
 async def test_stop_right_after_an_unreported_exit(api: Api, admin_token: str) -> None:

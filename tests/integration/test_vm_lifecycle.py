@@ -70,7 +70,7 @@ async def test_lifecycle_of_a_real_vm(qemu_api: Api, qemu_token: str) -> None:
     vm = await create_vm(api, token, "life")
     vm_id = vm["id"]
     assert vm["status"] == "stopped"
-    run_dir = api.container.driver.run_dir(vm_id)
+    run_dir = api.container.agent.driver.run_dir(vm_id)
     assert (run_dir / "disk.qcow2").is_file()
 
     # -- start: 200 with the VM running, and the guest reaches its shell
@@ -228,7 +228,7 @@ async def test_force_delete_of_a_running_vm(qemu_api: Api, qemu_token: str) -> N
     vm_id = (await create_vm(api, token, "doomed"))["id"]
     await action(api, token, vm_id, "start")
     pid = (await live_status(api, token, vm_id))["pid"]
-    run_dir: Path = api.container.driver.run_dir(vm_id)
+    run_dir: Path = api.container.agent.driver.run_dir(vm_id)
 
     response = await api.client.delete(f"/api/v1/vms/{vm_id}", headers=auth(token))
     assert (response.status_code, error_code(response)) == (409, "INVALID_STATE")

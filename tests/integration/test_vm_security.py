@@ -56,7 +56,7 @@ async def test_hostile_names_are_refused(qemu_api: Api, qemu_token: str) -> None
         )
         assert response.status_code == 400, (name, response.text)
         assert validation_fields(response) == {"name"}, name
-    assert qemu_api.container.driver.known_run_dirs() == []
+    assert qemu_api.container.agent.driver.known_run_dirs() == []
     response = await qemu_api.client.get("/api/v1/vms", headers=auth(qemu_token))
     assert response.json()["data"]["pagination"]["total"] == 0
 

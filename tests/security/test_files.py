@@ -72,7 +72,7 @@ async def test_a_running_vms_files_and_sockets_are_owner_only(
                     return READY_LINE in await console_log(api, token, vm["id"])
 
                 await poll(ready, timeout=BOOT_TIMEOUT, what="the guest to boot")
-                run_dir = api.container.driver.run_dir(vm["id"])
+                run_dir = api.container.agent.driver.run_dir(vm["id"])
                 sockets = [p for p in run_dir.iterdir() if stat.S_ISSOCK(p.lstat().st_mode)]
                 assert {p.name for p in sockets} >= {"qmp.sock", "serial.sock", "vnc.sock"}
                 assert loose_entries(tmp_path / "data") == []

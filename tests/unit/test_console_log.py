@@ -126,7 +126,7 @@ async def test_console_log_endpoint_serves_the_recent_output_of_a_rotated_log(sm
     )
     vm_id = created.json()["data"]["id"]
     assert (await api.client.post(f"/api/v1/vms/{vm_id}/start", headers=auth(token))).status_code == 200
-    driver = api.container.driver
+    driver = api.container.agent.driver
     assert isinstance(driver, FakeDriver)
     written = stream(3000)
     for offset in range(0, len(written), 700):

@@ -107,7 +107,7 @@ async def test_auto_start_answers_starting_as_stored_and_the_vm_then_runs(
     api: Api, admin_token: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     await let_tiny_serve_ssh(api.container.db)  # so the VM has a port to answer
-    driver = api.container.driver
+    driver = api.container.agent.driver
     spawn, go = driver.start, asyncio.Event()
 
     async def held_start(spec: VMSpec) -> int:  # the start waits until the test has looked

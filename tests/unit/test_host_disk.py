@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import Api, auth
+from voidvm_server.agent.local import LocalAgent
 from voidvm_server.api.errors import status_for
 from voidvm_server.domain.models import VMStatus
 from voidvm_server.drivers.base import DISK_FULL_REASON
@@ -25,7 +26,7 @@ MORE_THAN_ANY_DISK = 2**62
 
 
 def fake(api: Api) -> FakeDriver:
-    driver = api.container.driver
+    driver = api.container.agent.driver
     assert isinstance(driver, FakeDriver)
     return driver
 
@@ -181,7 +182,7 @@ async def test_a_vm_found_paused_by_a_full_disk_after_a_restart_is_paused_with_t
     svc = api.container.vms
     driver = IoErrorDriver(Path("/nonexistent"))
     driver.running[vm_id] = "paused"
-    svc.driver = driver
+    svc.agent = LocalAgent(driver)
     await svc.recovery.reconcile_one(await svc.state.reload(vm_id))
     vm = await svc.state.reload(vm_id)
     assert (vm.status, vm.status_reason, vm.pid) == (VMStatus.PAUSED, DISK_FULL_REASON, 4242)

@@ -12,7 +12,17 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from voidvm_server.persistence.engine import downgrade, upgrade
 from voidvm_server.persistence.tables import Base
 
-TABLES = {"users", "api_tokens", "revoked_sessions", "images", "vms", "audit_log", "config", "operations"}
+TABLES = {
+    "users",
+    "api_tokens",
+    "revoked_sessions",
+    "images",
+    "vms",
+    "audit_log",
+    "config",
+    "operations",
+    "events",
+}
 
 
 async def _tables(url: str) -> set[str]:

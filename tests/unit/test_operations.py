@@ -110,7 +110,7 @@ async def test_a_failed_background_start_fails_its_operation_with_the_error(
     api: Api, admin_token: str
 ) -> None:
     vm_id = await _vm(api, admin_token)
-    driver = api.container.driver
+    driver = api.container.agent.driver
     assert isinstance(driver, FakeDriver)
     driver.fail_next_start = "QEMU refused the machine"
     accepted = await api.client.post(

@@ -68,7 +68,7 @@ async def test_a_vm_takes_the_same_ssh_port_at_every_start(ssh_api: Api, admin_t
 async def test_a_crashed_vm_keeps_its_ssh_port(ssh_api: Api, admin_token: str) -> None:
     vm_id = (await create_vm(ssh_api, admin_token, "crashy"))["id"]
     first = await started_port(ssh_api, admin_token, vm_id)
-    driver = ssh_api.container.driver
+    driver = ssh_api.container.agent.driver
     assert isinstance(driver, FakeDriver)
     driver.crash(vm_id)
 
@@ -144,7 +144,7 @@ async def test_the_tiny_guest_gets_no_ssh_port(api: Api, admin_token: str) -> No
 async def deaf_running_vm(api: Api, token: str, name: str) -> str:
     vm_id: str = (await create_vm(api, token, name))["id"]
     await action(api, token, vm_id, "start")
-    driver = api.container.driver
+    driver = api.container.agent.driver
     assert isinstance(driver, FakeDriver)
     driver.deaf_to_power_button.add(vm_id)  # a guest still booting: nobody handles ACPI yet
     return vm_id
@@ -158,7 +158,7 @@ async def test_a_stop_the_guest_ignores_says_it_was_powered_off(api: Api, admin_
         "the guest did not answer the ACPI power button within 1.5 s (it may still have been "
         "booting); it was powered off"
     )
-    assert not api.container.driver.is_running(vm_id)
+    assert not api.container.agent.driver.is_running(vm_id)
 
 
 async def test_a_restart_the_guest_ignores_says_so_once_running(api: Api, admin_token: str) -> None:
@@ -178,7 +178,7 @@ async def test_a_stop_with_timeout_0_kills_at_once(
     async def press(vm: str) -> None:
         pressed.append(vm)
 
-    monkeypatch.setattr(api.container.driver, "powerdown", press)
+    monkeypatch.setattr(api.container.agent.driver, "powerdown", press)
     vm = (await action(api, admin_token, vm_id, "stop", timeout=0))["data"]
     assert (vm["status"], vm["status_reason"], pressed) == ("stopped", None, [])
 

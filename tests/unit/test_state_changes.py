@@ -33,12 +33,12 @@ def test_every_move_outside_the_table_is_refused_with_a_typed_error() -> None:
 
 async def test_an_illegal_move_writes_nothing_and_publishes_nothing(api: Api, admin_token: str) -> None:
     vm_id = await _stopped_vm(api, admin_token)
-    last_event = api.container.bus.last_id
+    last_event = await api.container.events.last_id()
     with pytest.raises(IllegalTransitionError):
         await api.container.vms.state.set(vm_id, S.RUNNING, pid=4242)  # stopped -> running skips starting
     vm = await api.container.vms.state.reload(vm_id)
     assert vm.status is S.STOPPED and vm.pid is None
-    assert api.container.bus.last_id == last_event
+    assert await api.container.events.last_id() == last_event
 
 
 async def test_an_intent_from_a_status_another_writer_changed_is_refused(api: Api, admin_token: str) -> None:
@@ -71,4 +71,4 @@ async def test_a_start_racing_a_start_from_another_worker_answers_409(api: Api, 
     finally:
         vms.state.set = original  # type: ignore[method-assign]
     assert answer.status_code == 409 and answer.json()["error"]["code"] == "OPERATION_IN_PROGRESS"
-    assert vm_id not in api.container.driver.running  # type: ignore[attr-defined]  # no second QEMU
+    assert vm_id not in api.container.agent.driver.running  # type: ignore[attr-defined]  # no second QEMU

@@ -153,7 +153,7 @@ async def test_crash_marks_the_vm_error_and_it_can_start_again(api: Api, admin_t
     vm = await create(api, admin_token)
     base = f"/api/v1/vms/{vm['id']}"
     await api.client.post(f"{base}/start", headers=auth(admin_token))
-    driver = api.container.driver
+    driver = api.container.agent.driver
     assert isinstance(driver, FakeDriver)
     driver.crash(vm["id"])
     for _ in range(200):  # the exit is recorded by a background task: give it turns of the loop
@@ -198,7 +198,7 @@ async def test_a_rename_conflict_does_not_grow_the_disk(api: Api, admin_token: s
         f"/api/v1/vms/{vm['id']}", json={"name": "taken", "disk": 5}, headers=auth(admin_token)
     )
     assert refused.status_code == 409
-    driver = api.container.driver
+    driver = api.container.agent.driver
     assert isinstance(driver, FakeDriver)
     assert driver.disks[vm["id"]] == 1
     after = (await api.client.get(f"/api/v1/vms/{vm['id']}", headers=auth(admin_token))).json()["data"]

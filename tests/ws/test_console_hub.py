@@ -18,7 +18,7 @@ from voidvm_server.drivers.fake import FakeDriver
 
 
 def fake(server: WsServer) -> FakeDriver:
-    driver = server.container.driver
+    driver = server.container.agent.driver
     assert isinstance(driver, FakeDriver)
     return driver
 

@@ -161,7 +161,7 @@ async def test_reconnect_with_last_event_id_receives_the_missed_transitions(
 
 async def test_last_event_id_on_the_url_resumes_every_subscription(ws_fake: WsServer, admin: str) -> None:
     vm_id = await ws_fake.create_vm(admin, "url-resume")
-    mark = ws_fake.container.bus.last_id
+    mark = await ws_fake.container.events.last_id()
     response = await ws_fake.http.post(
         f"/api/v1/vms/{vm_id}/start", headers={"Authorization": f"Bearer {admin}"}
     )
@@ -172,10 +172,12 @@ async def test_last_event_id_on_the_url_resumes_every_subscription(ws_fake: WsSe
     assert statuses(ws.seen, vm_id) == ["starting", "running"]
 
 
-async def test_a_resume_beyond_the_replay_buffer_reports_the_gap(ws_fake: WsServer, admin: str) -> None:
-    bus = ws_fake.container.bus
-    for _ in range(2100):  # more than the replay buffer holds
-        bus.publish("noise", {}, vm_id=None, owner_id=None)
+async def test_a_resume_past_the_kept_events_reports_the_gap(ws_fake: WsServer, admin: str) -> None:
+    events = ws_fake.container.events
+    for _ in range(10):
+        await events.publish("noise", {}, vm_id=None, owner_id=None)
+    events.keep = 2
+    await events.prune()  # as the hourly pruning does to the oldest beyond `keep`
     async with ws_fake.events(admin) as ws:
         await ws.send("subscribe", {"topic": "vm-status-all", "lastEventId": 1})
         gap = await ws.expect("system-event", lambda m: m["data"]["event"] == "replay-gap")

@@ -61,7 +61,7 @@ async def test_vm_control_start_streams_starting_then_running_from_real_qemu(ws_
         )
         events = [m["data"] for m in ws.seen if m["type"] == "vm-status"]
         assert [e["status"] for e in events] == ["starting", "running"], events
-        assert ws_qemu.container.driver.is_running(vm_id)
+        assert ws_qemu.container.agent.driver.is_running(vm_id)
         again = await ws.request("vm-control", {"vmId": vm_id, "action": "start"}, "vm-control-response")
         assert again["data"]["code"] == "VM_ALREADY_RUNNING"
 
@@ -102,9 +102,9 @@ async def test_serial_terminal_echoes_to_every_viewer_and_detaching_leaves_the_v
     # With no viewer left the VM runs on, and its console is still recorded.
     await _until(lambda: consoles.viewer_count(vm_id) == 0)
     vm = (await ws_qemu.http.get(f"/api/v1/vms/{vm_id}", headers=auth(token))).json()["data"]
-    assert vm["status"] == "running" and ws_qemu.container.driver.is_running(vm_id)
-    await ws_qemu.container.driver.console_write(vm_id, b"echo unwatched-$((6*7))\n")
-    log = ws_qemu.container.driver.console_log(vm_id)
+    assert vm["status"] == "running" and ws_qemu.container.agent.driver.is_running(vm_id)
+    await ws_qemu.container.agent.driver.console_write(vm_id, b"echo unwatched-$((6*7))\n")
+    log = ws_qemu.container.agent.driver.console_log(vm_id)
     await _until(lambda: b"unwatched-42" in log.read_bytes(), SHELL_TIMEOUT)
 
 

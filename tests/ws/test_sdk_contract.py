@@ -22,7 +22,7 @@ async def test_sdk_event_stream_sees_a_start_and_resumes_after_a_drop(ws_fake: W
         two = (await client.vms.create({"name": "sdk-two", "cpu": 1, "memory": 256, "disk": 1}))["id"]
         seen: list[tuple[str, str]] = []
         # Resuming from "now" makes the test independent of when the stream's first read subscribes.
-        mark = ws_fake.container.bus.last_id
+        mark = await ws_fake.container.events.last_id()
         topics = [Topics.vm_status(one), Topics.vm_status(two)]
         stream = client.events(topics, reconnect_delay=0.05, last_event_id=mark)
         async with stream:

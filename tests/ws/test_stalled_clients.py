@@ -120,7 +120,7 @@ async def fake_vnc(server: WsServer, vm_id: str) -> AsyncIterator[None]:
         except OSError:
             pass
 
-    path = server.container.driver.vnc_socket(vm_id)
+    path = server.container.agent.driver.vnc_socket(vm_id)
     path.parent.mkdir(parents=True, exist_ok=True)
     listener = await asyncio.start_unix_server(client, str(path))
     try:

@@ -56,7 +56,7 @@ async def test_a_used_ticket_is_refused(ws_fake: WsServer, admin: str) -> None:
     vm_id = await running_vm(ws_fake, admin, "used")
     issued = await ticket(ws_fake, admin, vm_id)
     path = f"/api/v1/vms/{vm_id}/console?ticket={issued['ticket']}"
-    driver = ws_fake.container.driver
+    driver = ws_fake.container.agent.driver
     assert isinstance(driver, FakeDriver)
     async with ws_fake.socket(path) as first:  # accepted: the stream carries the guest's output
         driver.guest_prints(vm_id, b"login: ")

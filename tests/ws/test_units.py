@@ -4,6 +4,8 @@ send deadlines."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -18,6 +20,8 @@ from voidvm_server.api.ws.subscriptions import EventRouter
 from voidvm_server.api.ws.throttle import MessageThrottle
 from voidvm_server.errors import AuthError
 from voidvm_server.events.bus import Event, EventBus
+from voidvm_server.persistence.engine import Database
+from voidvm_server.services.event_log import REPLAY_LIMIT, EventLog
 from voidvm_server.services.system_events import describe
 from voidvm_server.services.tickets import TicketService
 
@@ -130,62 +134,96 @@ def test_lifecycle_names() -> None:
     assert describe({"previous": "running", "status": "error"}) == "vm.error"
 
 
+@pytest.fixture
+async def log(tmp_path: Path) -> AsyncIterator[EventLog]:
+    db = Database(f"sqlite+aiosqlite:///{tmp_path / 'events.db'}")
+    await db.migrate()
+    yield EventLog(db, EventBus())
+    await db.close()
+
+
 def _router(
-    bus: EventBus, sent: list[Event], gaps: list[tuple[int, int]], admin: bool = False
+    log: EventLog, sent: list[Event], gaps: list[tuple[int, int]], admin: bool = False
 ) -> EventRouter:
     principal: Any = SimpleNamespace(id="usr-a", is_admin=admin)
-    return EventRouter(bus, lambda: principal, sent.append, lambda a, b: gaps.append((a, b)), settle=0.01)
+    return EventRouter(log, lambda: principal, sent.append, lambda a, b: gaps.append((a, b)), settle=0.01)
 
 
-def _status(bus: EventBus, vm_id: str, owner: str, status: str) -> Event:
-    return bus.publish("vm-status", {"vmId": vm_id, "status": status}, vm_id=vm_id, owner_id=owner)
+async def _status(log: EventLog, vm_id: str, owner: str, status: str) -> Event:
+    return await log.publish("vm-status", {"vmId": vm_id, "status": status}, vm_id=vm_id, owner_id=owner)
 
 
-async def test_a_resume_over_several_topics_sends_the_union_in_id_order() -> None:
-    bus = EventBus(first_id=1)
+async def test_a_resume_over_several_topics_sends_the_union_in_id_order(log: EventLog) -> None:
     sent: list[Event] = []
     gaps: list[tuple[int, int]] = []
-    router = _router(bus, sent, gaps)
-    bus.listen(router.offer)
+    router = _router(log, sent, gaps)
+    log.bus.listen(router.offer)
     for status in ("starting", "running"):
-        _status(bus, "vm-1", "usr-a", status)
-        _status(bus, "vm-2", "usr-a", status)
-        _status(bus, "vm-3", "usr-b", status)  # someone else's
+        await _status(log, "vm-1", "usr-a", status)
+        await _status(log, "vm-2", "usr-a", status)
+        await _status(log, "vm-3", "usr-b", status)  # someone else's
     router.subscribe("vm-1", 0)
     router.subscribe("vm-2", 0)
     router.subscribe("vm-3", 0)  # (the route would have refused it; the owner filter still holds)
-    live = _status(bus, "vm-1", "usr-a", "stopping")  # arrives while the resume settles
-    await asyncio.sleep(0.05)
+    live = await _status(log, "vm-1", "usr-a", "stopping")  # arrives while the resume settles
+    await asyncio.sleep(0.1)
     assert [e.id for e in sent] == [1, 2, 4, 5, live.id]
     assert gaps == []
-    _status(bus, "vm-2", "usr-a", "stopping")
+    await _status(log, "vm-2", "usr-a", "stopping")
     assert sent[-1].vm_id == "vm-2"  # live again
 
 
-async def test_a_resume_reports_ids_the_buffer_no_longer_holds() -> None:
-    bus = EventBus(replay_size=4, first_id=1)
+async def test_a_resume_reports_ids_that_were_pruned_or_never_handed_out(log: EventLog) -> None:
     sent: list[Event] = []
     gaps: list[tuple[int, int]] = []
-    router = _router(bus, sent, gaps, admin=True)
+    router = _router(log, sent, gaps, admin=True)
     for n in range(10):
-        _status(bus, "vm-1", "usr-z", f"s{n}")
+        await _status(log, "vm-1", "usr-z", f"s{n}")
+    log.keep = 4
+    assert await log.prune() == 6
     router.subscribe(None, 2)
-    router.flush()
+    await router.flush()
     assert gaps == [(3, 6)] and [e.id for e in sent] == [7, 8, 9, 10]
-    router.subscribe(None, 50)  # ids from an earlier server process
-    router.flush()
+    router.subscribe(None, 50)  # ids of another database
+    await router.flush()
     assert gaps[-1] == (11, 50)
+
+
+async def test_a_resume_sends_the_newest_events_it_missed_and_names_the_older_ones(log: EventLog) -> None:
+    async with log.db.session() as s:
+        for n in range(REPLAY_LIMIT + 5):
+            await log.add(s, "vm-status", {"vmId": "vm-1", "status": f"s{n}"}, vm_id="vm-1", owner_id="usr-a")
+    sent: list[Event] = []
+    gaps: list[tuple[int, int]] = []
+    router = _router(log, sent, gaps)
+    router.subscribe("vm-1", 0)
+    await router.flush()
+    assert gaps == [(1, 5)]
+    assert [e.id for e in sent] == list(range(6, REPLAY_LIMIT + 6))
+
+
+async def test_ids_keep_rising_across_a_restart_and_a_resume_reads_the_table(tmp_path: Path) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path / 'events.db'}"
+    first = Database(url)
+    await first.migrate()
+    before = await _status(EventLog(first, EventBus()), "vm-1", "usr-a", "running")
+    await first.close()
+    again = Database(url)  # as the next server process opens it
+    try:
+        log = EventLog(again, EventBus())
+        after = await _status(log, "vm-1", "usr-a", "stopped")
+        assert after.id > before.id
+        assert [e.data["status"] for e in await log.since(0)] == ["running", "stopped"]
+    finally:
+        await again.close()
 
 
 async def test_an_event_that_carries_the_vm_fields_is_rendered_without_a_read() -> None:
     from voidvm_server.api.ws.rendering import EventRenderer
 
-    bus = EventBus(first_id=1)
     renderer = EventRenderer()
     fields = {"cpu": 2, "memory": 512, "network": {"ip": None, "ports": {}}}
-    event = bus.publish(
-        "vm-status", {"vmId": "vm-1", "status": "stopped", **fields}, vm_id="vm-1", owner_id="u"
-    )
+    event = Event(1, "vm-status", "vm-1", "u", {"vmId": "vm-1", "status": "stopped", **fields})
 
     text = renderer.text(event)
     assert '"cpu":2' in text and '"eventId":1' in text and '"previous":null' in text

@@ -11,6 +11,7 @@ from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
 from voidvm_server import __version__
+from voidvm_server.agent.local import LocalAgent
 from voidvm_server.api import docs, errors
 from voidvm_server.api.container import Container
 from voidvm_server.api.hosts import HostPolicy, hostname
@@ -39,6 +40,7 @@ from voidvm_server.services.audit import AuditLog
 from voidvm_server.services.auth import AuthService
 from voidvm_server.services.console import ConsoleHub
 from voidvm_server.services.disk_reserve import MIB, DiskReserve
+from voidvm_server.services.event_log import EventLog
 from voidvm_server.services.images import ImageService
 from voidvm_server.services.live_config import LiveConfigStore
 from voidvm_server.services.login_guard import LoginGuard
@@ -46,7 +48,6 @@ from voidvm_server.services.monitor import ResourceMonitor
 from voidvm_server.services.operations import OperationService
 from voidvm_server.services.ratelimit import RateLimiter
 from voidvm_server.services.system import SystemService
-from voidvm_server.services.system_events import LifecycleEvents
 from voidvm_server.services.tasks import BackgroundTasks
 from voidvm_server.services.tickets import TicketService
 from voidvm_server.services.users import UserService
@@ -107,12 +108,13 @@ async def build_container(settings: Settings, driver_factory: DriverFactory | No
     )
     qemu_img = QemuImg(settings.qemu_img_binary)
     qemu_version = await qemu_img.version()
-    driver = (
+    agent = LocalAgent(
         driver_factory(settings, settings.data_dir)
         if driver_factory
         else await build_driver(settings, qemu_version)
     )
     bus = EventBus()
+    events = EventLog(db, bus)
     limiter = RateLimiter(settings.redis_url, settings.redis_prefix)
     live = LiveConfigStore(db, settings)
     await live.load()
@@ -125,7 +127,7 @@ async def build_container(settings: Settings, driver_factory: DriverFactory | No
     )
     tasks = BackgroundTasks()
     audit = AuditLog(db)
-    operations = OperationService(db, bus, tasks, retention_days=settings.operation_retention_days)
+    operations = OperationService(db, events, tasks, retention_days=settings.operation_retention_days)
     images = ImageService(
         db, settings, qemu_img, default_image=lambda: live.current.default_image, operations=operations
     )
@@ -137,9 +139,10 @@ async def build_container(settings: Settings, driver_factory: DriverFactory | No
     return Container(
         settings=settings,
         db=db,
-        driver=driver,
+        agent=agent,
         qemu_img=qemu_img,
         bus=bus,
+        events=events,
         limiter=limiter,
         live=live,
         tokens=tokens,
@@ -147,16 +150,15 @@ async def build_container(settings: Settings, driver_factory: DriverFactory | No
         users=users,
         images=images,
         vms=VMService(
-            db, driver, images, bus, live, settings, disk_reserve(settings), operations, tasks, audit
+            db, agent, images, events, live, settings, disk_reserve(settings), operations, tasks, audit
         ),
         operations=operations,
         tasks=tasks,
         audit=audit,
-        monitor=ResourceMonitor(driver, settings.stats_interval_seconds),
+        monitor=ResourceMonitor(agent, settings.stats_interval_seconds),
         system=SystemService(db),
-        consoles=ConsoleHub(driver, bus),
+        consoles=ConsoleHub(agent, bus),
         tickets=TicketService(settings.ws_ticket_ttl_seconds),
-        lifecycle=LifecycleEvents(bus),
         ws_hub=ConnectionHub(
             bus,
             auth_service.authenticate,
@@ -189,24 +191,26 @@ async def start_services(container: Container) -> None:
     await container.images.recover()
     await container.operations.recover()
     container.operations.start_pruning()
+    container.events.start_pruning()
+    container.vms.start_watching()
     await container.vms.recovery.reconcile()
     container.auth.start()
     container.monitor.start()
-    container.lifecycle.start()
     container.consoles.start()
     container.ws_hub.start()
-    log.info("VoidVM %s ready (accelerator: %s)", __version__, container.driver.accel)
+    log.info("VoidVM %s ready (accelerator: %s)", __version__, container.agent.accel)
 
 
 async def stop_services(container: Container) -> None:
     await container.ws_hub.stop()
     await container.consoles.close()
-    container.lifecycle.stop()
     await container.monitor.stop()
     await container.auth.stop()
+    await container.vms.close()
     await container.tasks.close()
     await container.operations.close()
-    await container.driver.close()
+    await container.events.close()
+    await container.agent.close()
     await container.db.close()
 
 

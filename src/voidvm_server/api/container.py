@@ -5,24 +5,24 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
+from voidvm_server.agent.port import HostAgent
 from voidvm_server.api.hosts import HostPolicy
 from voidvm_server.api.ws.hub import ConnectionHub
 from voidvm_server.auth.tokens import TokenService
 from voidvm_server.config import Settings
-from voidvm_server.drivers.base import Driver
 from voidvm_server.drivers.qemu.images import QemuImg
 from voidvm_server.events.bus import EventBus
 from voidvm_server.persistence.engine import Database
 from voidvm_server.services.audit import AuditLog
 from voidvm_server.services.auth import AuthService
 from voidvm_server.services.console import ConsoleHub
+from voidvm_server.services.event_log import EventLog
 from voidvm_server.services.images import ImageService
 from voidvm_server.services.live_config import LiveConfigStore
 from voidvm_server.services.monitor import ResourceMonitor
 from voidvm_server.services.operations import OperationService
 from voidvm_server.services.ratelimit import RateLimiter
 from voidvm_server.services.system import SystemService
-from voidvm_server.services.system_events import LifecycleEvents
 from voidvm_server.services.tasks import BackgroundTasks
 from voidvm_server.services.tickets import TicketService
 from voidvm_server.services.users import UserService
@@ -33,9 +33,10 @@ from voidvm_server.services.vms import VMService
 class Container:
     settings: Settings
     db: Database
-    driver: Driver
+    agent: HostAgent
     qemu_img: QemuImg
     bus: EventBus
+    events: EventLog
     limiter: RateLimiter
     live: LiveConfigStore
     tokens: TokenService
@@ -50,7 +51,6 @@ class Container:
     system: SystemService
     consoles: ConsoleHub
     tickets: TicketService
-    lifecycle: LifecycleEvents
     ws_hub: ConnectionHub
     host_policy: HostPolicy
     qemu_version: str = "unknown"

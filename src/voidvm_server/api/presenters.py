@@ -5,8 +5,8 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+from voidvm_server.agent.port import VMStats
 from voidvm_server.domain.models import GUEST_IP, VM, ApiToken, AuditEntry, Image, User
-from voidvm_server.drivers.base import VMStats
 from voidvm_server.services.clock import iso as iso
 from voidvm_server.services.operations import operation_json as operation_json
 

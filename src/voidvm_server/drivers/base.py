@@ -1,4 +1,4 @@
-"""The Driver protocol: everything the domain asks of a hypervisor.
+"""The Driver protocol: what the host agent (agent/local.py) asks of a hypervisor.
 
 Every path here is derived from a VM or image id by the driver itself; no user text reaches it.
 """

@@ -1,16 +1,14 @@
-"""An in-process event bus with monotonically increasing ids and a bounded replay buffer.
+"""The in-process fan-out of events that are already written (services/event_log.py writes them).
 
-Subscribers get their own bounded queue; a subscriber too slow to keep up loses its oldest
-events rather than slowing the publisher (it can resync from the replay buffer by id).
+Listeners are called synchronously, in the order events are delivered. A subscriber too slow to
+keep up loses its oldest events rather than slowing the publisher (it can resume from the
+database by id).
 """
 
 from __future__ import annotations
 
 import asyncio
-import itertools
-import time
-from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -18,8 +16,8 @@ from typing import Any
 
 @dataclass(frozen=True)
 class Event:
-    id: int
-    kind: str  # "vm-status" or "system-event"
+    id: int  # from the database: rising, never reused
+    kind: str  # "vm-status", "system-event" or "operation"
     vm_id: str | None
     owner_id: str | None
     data: dict[str, Any]
@@ -30,26 +28,12 @@ Listener = Callable[[Event], None]
 
 
 class EventBus:
-    def __init__(self, replay_size: int = 2048, first_id: int | None = None) -> None:
-        # By default ids start from the clock (microseconds), so they keep rising across server
-        # restarts and a client resuming with the last id it saw never takes new events for old.
-        self._ids = itertools.count(first_id if first_id is not None else time.time_ns() // 1000)
-        self._replay: deque[Event] = deque(maxlen=replay_size)
+    def __init__(self) -> None:
         self._listeners: set[Listener] = set()
 
-    @property
-    def last_id(self) -> int:
-        return self._replay[-1].id if self._replay else 0
-
-    def publish(self, kind: str, data: dict[str, Any], *, vm_id: str | None, owner_id: str | None) -> Event:
-        event = Event(next(self._ids), kind, vm_id, owner_id, data)
-        self._replay.append(event)
+    def deliver(self, event: Event) -> None:
         for listener in list(self._listeners):
             listener(event)
-        return event
-
-    def since(self, last_id: int) -> Iterable[Event]:
-        return [e for e in self._replay if e.id > last_id]
 
     def listen(self, listener: Listener) -> Callable[[], None]:
         self._listeners.add(listener)

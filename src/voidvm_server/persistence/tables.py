@@ -159,3 +159,18 @@ class OperationRow(Base):
 
 
 Index("ix_operations_newest_first", OperationRow.created_at.desc(), OperationRow.id)
+
+
+class EventRow(Base):
+    """What subscribers are told, in the order it happened (migration 0005). The id is the
+    `eventId` clients resume from: AUTOINCREMENT on SQLite, so an id is never handed out twice,
+    even after the newest rows were pruned."""
+
+    __tablename__ = "events"
+    __table_args__ = {"sqlite_autoincrement": True}  # noqa: RUF012 (SQLAlchemy reads it once)
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    vm_id: Mapped[str | None] = mapped_column(String(32))
+    owner_id: Mapped[str | None] = mapped_column(String(32))
+    data: Mapped[dict[str, object]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

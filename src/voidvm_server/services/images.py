@@ -15,10 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from voidvm_server.agent.port import BootMedia
 from voidvm_server.config import Settings
 from voidvm_server.domain.models import Image, ImageFormat, ImageStatus
 from voidvm_server.domain.operations import Operation
-from voidvm_server.drivers.base import BootMedia
 from voidvm_server.drivers.qemu.images import QemuImg
 from voidvm_server.errors import (
     ConflictError,

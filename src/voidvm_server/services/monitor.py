@@ -16,7 +16,7 @@ from typing import Any
 
 import psutil
 
-from voidvm_server.drivers.base import Driver
+from voidvm_server.agent.port import HostAgent
 from voidvm_server.errors import VoidVMError
 
 log = logging.getLogger(__name__)
@@ -44,8 +44,8 @@ def _average(samples: list[Sample]) -> Sample:
 
 
 class ResourceMonitor:
-    def __init__(self, driver: Driver, interval: float = 10.0) -> None:
-        self.driver = driver
+    def __init__(self, agent: HostAgent, interval: float = 10.0) -> None:
+        self.agent = agent
         self.interval = interval
         self.fine: deque[Sample] = deque(maxlen=int(86400 / interval))
         self.hourly: deque[Sample] = deque(maxlen=30 * 24)
@@ -78,15 +78,17 @@ class ResourceMonitor:
             host_memory_used_mb=round((memory.total - memory.available) / 2**20, 1),
             vms_running=0,
         )
-        for vm_id in self.driver.known_run_dirs():
-            if not self.driver.is_running(vm_id):
-                continue
+        for vm_id in await self.running_vms():
             sample.vms_running += 1
             with contextlib.suppress(VoidVMError):
-                stats = await self.driver.stats(vm_id)
+                stats = await self.agent.stats(vm_id)
                 sample.vm_cpu_percent[vm_id] = stats.cpu_percent
                 sample.vm_memory_mb[vm_id] = stats.memory_used_mb
         return sample
+
+    async def running_vms(self) -> list[str]:
+        """Ids of the VMs whose process runs on this host now."""
+        return [vm_id for vm_id in await self.agent.known_vms() if await self.agent.is_running(vm_id)]
 
     def record(self, sample: Sample) -> None:
         self.fine.append(sample)

@@ -19,13 +19,16 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
+from sqlalchemy.ext.asyncio import AsyncSession
+
 from voidvm_server.auth.principal import Principal
 from voidvm_server.domain.operations import INTERRUPTED, Operation, OperationStatus
 from voidvm_server.errors import ConflictError, NotFoundError, ValidationError, VoidVMError
-from voidvm_server.events.bus import Event, EventBus
+from voidvm_server.events.bus import Event
 from voidvm_server.persistence.engine import Database
 from voidvm_server.persistence.operations import OperationRepository
 from voidvm_server.services.clock import iso, now
+from voidvm_server.services.event_log import EventLog
 from voidvm_server.services.ids import is_valid_id, new_id
 from voidvm_server.services.tasks import BackgroundTasks
 
@@ -94,16 +97,16 @@ class Progress:
 
 class OperationService:
     def __init__(
-        self, db: Database, bus: EventBus, tasks: BackgroundTasks, *, retention_days: float = 30.0
+        self, db: Database, events: EventLog, tasks: BackgroundTasks, *, retention_days: float = 30.0
     ) -> None:
         self.db = db
         self.retention = timedelta(days=retention_days)
-        self.bus = bus
+        self.events = events
         self.tasks = tasks
         self._running: dict[str, asyncio.Task[Any]] = {}
         self._cancel_asked: set[str] = set()
         self._changed: dict[str, asyncio.Event] = {}
-        self._stop_listening = bus.listen(self._heard)
+        self._stop_listening = events.bus.listen(self._heard)
         self._pruner: asyncio.Task[None] | None = None
 
     # -- starting work -------------------------------------------------------------------------
@@ -134,7 +137,8 @@ class OperationService:
         )
         async with self.db.session() as s:
             await OperationRepository(s).add(op)
-        self._publish(op)
+            told = await self._tell(s, op)
+        self.events.deliver([told])
         return op
 
     def run(self, op: Operation, work: Work) -> asyncio.Task[Any]:
@@ -184,8 +188,8 @@ class OperationService:
     async def _change(self, operation_id: str, **values: Any) -> Operation | None:
         async with self.db.session() as s:
             op = await OperationRepository(s).update_unfinished(operation_id, updated_at=now(), **values)
-        if op is not None:
-            self._publish(op)
+            told = [await self._tell(s, op)] if op is not None else []
+        self.events.deliver(told)
         return op
 
     # -- reading -------------------------------------------------------------------------------
@@ -273,9 +277,10 @@ class OperationService:
         """Operations a previous server process left running cannot finish: fail them."""
         async with self.db.session() as s:
             cut_short = await OperationRepository(s).fail_unfinished(INTERRUPTED, now())
+            told = [await self._tell(s, op) for op in cut_short]
         for op in cut_short:
             log.warning("Operation %s (%s) was cut short by a restart", op.id, op.type)
-            self._publish(op)
+        self.events.deliver(told)
 
     def start_pruning(self) -> None:
         """Prune finished operations older than the retention now and then (hourly). A task of
@@ -298,9 +303,10 @@ class OperationService:
             log.info("Deleted %d operations that finished over %s ago", gone, self.retention)
         return gone
 
-    def _publish(self, op: Operation) -> None:
+    async def _tell(self, s: AsyncSession, op: Operation) -> Event:
+        """The `operation` event of a change, in the change's own unit of work."""
         vm_id = op.resource_id if op.resource_type == "vm" else None
-        self.bus.publish("operation", operation_json(op), vm_id=vm_id, owner_id=op.owner_id)
+        return await self.events.add(s, "operation", operation_json(op), vm_id=vm_id, owner_id=op.owner_id)
 
     async def close(self) -> None:
         self._stop_listening()

@@ -17,10 +17,10 @@ from dataclasses import dataclass
 
 from voidvm_server.domain.models import VM, Image
 from voidvm_server.errors import DriverError
-from voidvm_server.events.bus import EventBus
 from voidvm_server.persistence.engine import Database
 from voidvm_server.persistence.repositories import VMRepository
 from voidvm_server.services import context
+from voidvm_server.services.event_log import EventLog
 
 __all__ = ["PortClaim", "SshPorts", "free_loopback_port", "port_is_free"]
 
@@ -66,9 +66,9 @@ class PortClaim:
 class SshPorts:
     """Hands out SSH ports; one claim at a time, so two starts never pick the same new port."""
 
-    def __init__(self, db: Database, bus: EventBus) -> None:
+    def __init__(self, db: Database, events: EventLog) -> None:
         self.db = db
-        self.bus = bus
+        self.events = events
         self._lock = asyncio.Lock()
 
     @asynccontextmanager
@@ -79,7 +79,7 @@ class SshPorts:
             claim = await self._decide(vm, image)
             yield claim
         if claim.moved_from is not None:
-            self._announce(vm, claim)
+            await self._announce(vm, claim)
 
     async def _decide(self, vm: VM, image: Image) -> PortClaim:
         if not image.serves_ssh:
@@ -98,9 +98,9 @@ class SshPorts:
                 return port
         raise DriverError("No free host port for the VM's SSH forward")
 
-    def _announce(self, vm: VM, claim: PortClaim) -> None:
+    async def _announce(self, vm: VM, claim: PortClaim) -> None:
         log.warning("VM %s: SSH port %s is taken; forwarding from %s", vm.id, claim.moved_from, claim.port)
-        self.bus.publish(
+        await self.events.publish(
             "system-event",
             {
                 "event": "vm.port-changed",

@@ -1,21 +1,17 @@
-"""LifecycleEvents: turns VM state changes into human-level `system-event`s on the bus.
+"""The human-level `system-event` a VM state change makes.
 
 `vm-status` says what state a VM is in; a system event says what happened and who did it:
 `{event: "vm.started", vmId, userId (the VM's owner), actor (who acted, null for the system),
 message, level}`. Intermediate states (`starting`, `stopping`, ...) produce none.
 
-The bus calls listeners synchronously inside `publish`, in the publisher's context: the acting
-user is read from the request context there. The derived event is published on the next loop
-iteration, after every listener has seen the state change, so ids stay in delivery order.
+The state store writes it in the same transaction as the `vm-status` event, right after it, so
+every process serving the API tells of each change once and in order.
 """
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Callable
 from typing import Any
 
-from voidvm_server.events.bus import Event, EventBus
 from voidvm_server.services import context
 
 # (previous, status) → event name; previous None matches any.
@@ -50,43 +46,23 @@ def describe(data: dict[str, Any]) -> str | None:
     return None
 
 
-class LifecycleEvents:
-    def __init__(self, bus: EventBus) -> None:
-        self.bus = bus
-        self._unlisten: Callable[[], None] = lambda: None
-
-    def start(self) -> None:
-        self._unlisten = self.bus.listen(self._on_event)
-
-    def stop(self) -> None:
-        self._unlisten()
-
-    def _on_event(self, event: Event) -> None:
-        if event.kind != "vm-status":
-            return
-        name = describe(event.data)
-        if name is None:
-            return
-        prompted = (event.data.get("previous"), event.data.get("status")) not in UNPROMPTED
-        actor = context.user_name.get() if prompted else None
-        reason = event.data.get("reason")
-        message = f"VM {event.vm_id} {WORDS[name]}" + (f" by {actor}" if actor else "")
-        if reason:
-            message += f": {reason}"
-        data = {
-            "event": name,
-            "vmId": event.vm_id,
-            "userId": event.owner_id,
-            "actor": actor,
-            "message": message,
-            "level": "error" if name == "vm.error" else "info",
-        }
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            self._publish(data, event)
-            return
-        loop.call_soon(self._publish, data, event)
-
-    def _publish(self, data: dict[str, Any], cause: Event) -> None:
-        self.bus.publish("system-event", data, vm_id=cause.vm_id, owner_id=cause.owner_id)
+def lifecycle_event(status: dict[str, Any], *, vm_id: str, owner_id: str) -> dict[str, Any] | None:
+    """The `system-event` a `vm-status` change makes, or None (intermediate states). Called by
+    the writer of the change, in its context: the acting user is read from the request there."""
+    name = describe(status)
+    if name is None:
+        return None
+    prompted = (status.get("previous"), status.get("status")) not in UNPROMPTED
+    actor = context.user_name.get() if prompted else None
+    reason = status.get("reason")
+    message = f"VM {vm_id} {WORDS[name]}" + (f" by {actor}" if actor else "")
+    if reason:
+        message += f": {reason}"
+    return {
+        "event": name,
+        "vmId": vm_id,
+        "userId": owner_id,
+        "actor": actor,
+        "message": message,
+        "level": "error" if name == "vm.error" else "info",
+    }

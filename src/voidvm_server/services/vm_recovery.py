@@ -12,8 +12,8 @@ import logging
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
+from voidvm_server.agent.port import DISK_FULL_REASON
 from voidvm_server.domain.models import VM, ImageStatus, VMStatus
-from voidvm_server.drivers.base import DISK_FULL_REASON
 from voidvm_server.errors import ServiceUnavailableError, VoidVMError
 from voidvm_server.persistence.engine import database_unavailable
 from voidvm_server.persistence.repositories import VMRepository
@@ -47,20 +47,20 @@ class VMRecovery:
                 message = exc.message if isinstance(exc, VoidVMError) else "internal error"
                 log.warning("Reconciling VM %s failed: %s", vm.id, message, exc_info=exc)
                 await self.svc.state.set(vm.id, S.ERROR, f"could not re-attach: {message}")
-        for orphan in set(self.svc.driver.known_run_dirs()) - known:
+        for orphan in set(await self.svc.agent.known_vms()) - known:
             log.warning("Run directory %s belongs to no VM; leaving it untouched", orphan)
 
     async def reconcile_one(self, vm: VM, *, server_restarted: bool = True) -> None:
         """Bring one row in line with its process and files. Runs at start-up, and on a live
         server for a VM whose last state change the database did not take."""
-        pid = await self.svc.driver.attach(vm.id)
+        pid = await self.svc.agent.attach(vm.id)
         if vm.status is S.DELETING:
             if pid is not None:
-                await self.svc.driver.kill(vm.id)
+                await self.svc.agent.kill(vm.id)
             await self.svc._remove(vm)
             return
         if pid is not None:
-            qemu = await self.svc.driver.query_status(vm.id)
+            qemu = await self.svc.agent.query_status(vm.id)
             status = S.PAUSED if qemu in {"paused", "io-error"} else S.RUNNING
             reason = vm.status_reason if status is vm.status else None
             if qemu == "io-error":
@@ -93,7 +93,7 @@ class VMRecovery:
 
     async def _finish_interrupted_create(self, vm: VM) -> None:
         """A create the server did not see through: its row and quota are there, maybe a disk."""
-        if self.svc.driver.has_disk(vm.id):  # complete: disks are renamed into place when whole
+        if await self.svc.agent.has_disk(vm.id):  # complete: disks are renamed into place when whole
             await self.svc.state.set(vm.id, S.STOPPED)
             return
         image = await self.svc.images.get(vm.image_id)
@@ -103,10 +103,10 @@ class VMRecovery:
             why = image.status_reason or image.status.value
             await self.svc.state.set(vm.id, S.ERROR, f"image '{image.name}': {why}")
             return
-        await self.svc.driver.destroy(vm.id)  # at most a partial disk of this very create
+        await self.svc.agent.destroy(vm.id)  # at most a partial disk of this very create
         try:
             self.svc._check_fits(image, vm.disk_gb)
-            await self.svc.driver.prepare_disk(vm.id, self.svc.images.media(image), vm.disk_gb)
+            await self.svc.agent.prepare_disk(vm.id, self.svc.images.media(image), vm.disk_gb)
         except VoidVMError as exc:
             await self.svc.state.set(vm.id, S.ERROR, f"creation was interrupted: {exc.message}")
             return

@@ -1,7 +1,8 @@
 """VMStateStore: a VM's status, read and changed in one place.
 
-Every status change is a compare-and-set checked against the transition table (`domain/states.py`)
-and is published as a `vm-status` event once written.
+Every status change is a compare-and-set checked against the transition table (`domain/states.py`).
+Its `vm-status` event, and the `system-event` that says what happened (services/system_events.py),
+are written in the same transaction and delivered once it has committed.
 """
 
 from __future__ import annotations
@@ -9,19 +10,23 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from sqlalchemy.ext.asyncio import AsyncSession
+
 from voidvm_server.domain.models import GUEST_IP, VM, VMStatus
 from voidvm_server.domain.states import check_move
 from voidvm_server.errors import ConcurrentChangeError, vm_not_found
-from voidvm_server.events.bus import EventBus
+from voidvm_server.events.bus import Event
 from voidvm_server.persistence.engine import Database
 from voidvm_server.persistence.repositories import VMRepository
 from voidvm_server.services.clock import now
+from voidvm_server.services.event_log import EventLog
+from voidvm_server.services.system_events import lifecycle_event
 
 
 class VMStateStore:
-    def __init__(self, db: Database, bus: EventBus) -> None:
+    def __init__(self, db: Database, events: EventLog) -> None:
         self.db = db
-        self.bus = bus
+        self.events = events
 
     async def load(self, vm_id: str) -> VM | None:
         async with self.db.reading() as s:
@@ -61,25 +66,37 @@ class VMStateStore:
                 if current is None:
                     raise vm_not_found(vm_id)
                 raise ConcurrentChangeError(current.status.value)
-        vm = dataclasses.replace(before, status=status, **changes)
-        self.publish(vm, status, before.status)
+            vm = dataclasses.replace(before, status=status, **changes)
+            told = await self.tell(s, vm, status, before.status)
+        self.events.deliver(told)
         return vm
 
-    def publish(self, vm: VM, status: VMStatus, previous: VMStatus | None) -> None:
-        self.bus.publish(
-            "vm-status",
-            {
-                "vmId": vm.id,
-                "status": status.value,
-                "previous": previous.value if previous else None,
-                "reason": vm.status_reason,
-                "cpu": vm.cpu,
-                "memory": vm.memory_mb,
-                "network": {
-                    "ip": GUEST_IP if vm.pid else None,
-                    "ports": vm.ports,
-                },
-            },
-            vm_id=vm.id,
-            owner_id=vm.owner_id,
-        )
+    async def tell(self, s: AsyncSession, vm: VM, status: VMStatus, previous: VMStatus | None) -> list[Event]:
+        """Write the events of a change in the caller's unit of work (a create, an update, a
+        status change); the caller delivers them once it has committed."""
+        data = {
+            "vmId": vm.id,
+            "status": status.value,
+            "previous": previous.value if previous else None,
+            "reason": vm.status_reason,
+            "cpu": vm.cpu,
+            "memory": vm.memory_mb,
+            "network": {"ip": GUEST_IP if vm.pid else None, "ports": vm.ports},
+        }
+        return await self._with_lifecycle(s, vm, data)
+
+    async def tell_deleted(self, s: AsyncSession, vm: VM, previous: VMStatus | None) -> list[Event]:
+        data = {"vmId": vm.id, "status": "deleted", "previous": previous.value if previous else None}
+        return await self._with_lifecycle(s, vm, data)
+
+    async def _with_lifecycle(self, s: AsyncSession, vm: VM, data: dict[str, Any]) -> list[Event]:
+        told = [await self.events.add(s, "vm-status", data, vm_id=vm.id, owner_id=vm.owner_id)]
+        lifecycle = lifecycle_event(data, vm_id=vm.id, owner_id=vm.owner_id)
+        if lifecycle is not None:
+            told.append(
+                await self.events.add(s, "system-event", lifecycle, vm_id=vm.id, owner_id=vm.owner_id)
+            )
+        return told
+
+    def deliver(self, told: list[Event]) -> None:
+        self.events.deliver(told)

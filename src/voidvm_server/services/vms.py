@@ -22,21 +22,21 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from voidvm_server.agent.port import AgentEvent, EventFeed, HostAgent, VMExited, VMPaused, VMSpec, VMStats
 from voidvm_server.auth.principal import Principal
 from voidvm_server.config import Settings
 from voidvm_server.domain.models import VM, Image, ImageStatus, VMStatus
 from voidvm_server.domain.operations import Operation
 from voidvm_server.domain.states import check_action
-from voidvm_server.drivers.base import Driver, VMSpec, VMStats
 from voidvm_server.errors import (
     DriverError,
     HypervisorTimeoutError,
+    InvalidStateError,
     QuotaExceededError,
     ValidationError,
     VoidVMError,
     vm_not_found,
 )
-from voidvm_server.events.bus import EventBus
 from voidvm_server.persistence.engine import Database
 from voidvm_server.persistence.repositories import UserRepository, VMRepository
 from voidvm_server.services import context
@@ -44,6 +44,7 @@ from voidvm_server.services.audit import AuditLog
 from voidvm_server.services.clock import now
 from voidvm_server.services.crash_policy import CrashRestarts
 from voidvm_server.services.disk_reserve import DiskReserve
+from voidvm_server.services.event_log import EventLog
 from voidvm_server.services.ids import is_valid_id, new_id
 from voidvm_server.services.images import ImageService
 from voidvm_server.services.live_config import LiveConfigStore
@@ -72,9 +73,9 @@ class VMService:
     def __init__(
         self,
         db: Database,
-        driver: Driver,
+        agent: HostAgent,
         images: ImageService,
-        bus: EventBus,
+        events: EventLog,
         live: LiveConfigStore,
         settings: Settings,
         reserve: DiskReserve,
@@ -87,19 +88,19 @@ class VMService:
         self.operations = operations
         self.tasks = tasks
         self.reserve = reserve
-        self.driver = driver
+        self.agent = agent
         self.images = images
-        self.bus = bus
         self.live = live
         self.settings = settings
         self._locks: dict[str, asyncio.Lock] = {}
         self._expecting_exit: set[str] = set()
         self._crash_restarts = CrashRestarts()
-        self.state = VMStateStore(db, bus)
-        self.ssh_ports = SshPorts(db, bus)
+        self.state = VMStateStore(db, events)
+        self.ssh_ports = SshPorts(db, events)
         self.recovery = VMRecovery(self)
-        driver.set_exit_handler(self._on_process_exit)
-        driver.set_pause_handler(self._on_paused_by_hypervisor)
+        # Subscribed now, read once watching starts: nothing the host reports in between is lost.
+        self._feed: EventFeed = agent.subscribe()
+        self._watcher: asyncio.Task[None] | None = None
 
     # -- the audit log -------------------------------------------------------------------------
     @contextlib.asynccontextmanager
@@ -211,10 +212,11 @@ class VMService:
                     if not await UserRepository(s).reserve(principal.id, spec.cpu, spec.memory, spec.disk):
                         raise self._quota_error(principal)
                     await VMRepository(s).add(vm)
+                    told = await self.state.tell(s, vm, S.CREATING, None)
             except BaseException:
                 self._locks.pop(vm.id, None)
                 raise
-            self.state.publish(vm, S.CREATING, None)
+            self.state.deliver(told)
             if image.status is ImageStatus.DOWNLOADING:
                 starter = principal if spec.auto_start else None
                 self.tasks.spawn(self._finish_create_after_pull(vm, starter))
@@ -222,7 +224,7 @@ class VMService:
             with self.recovery.resync_if_the_database_fails(vm.id):
                 await self._test_pause("after-create-insert")
                 try:
-                    await self.driver.prepare_disk(vm.id, self.images.media(image), spec.disk)
+                    await self.agent.prepare_disk(vm.id, self.images.media(image), spec.disk)
                 except BaseException:
                     await asyncio.shield(self._forget(vm))
                     raise
@@ -250,12 +252,14 @@ class VMService:
 
     async def _forget(self, vm: VM) -> None:
         """Undo a create that failed: no row, no quota, no files."""
+        told = []
         async with self.db.session() as s:
             if await VMRepository(s).delete(vm.id):  # released once, even if a delete came first
                 await UserRepository(s).release(vm.owner_id, vm.cpu, vm.memory_mb, vm.disk_gb)
-        await self.driver.destroy(vm.id)
+                told = await self.state.tell_deleted(s, vm, None)
+        await self.agent.destroy(vm.id)
         self._locks.pop(vm.id, None)
-        self.bus.publish("vm-status", {"vmId": vm.id, "status": "deleted"}, vm_id=vm.id, owner_id=vm.owner_id)
+        self.state.deliver(told)
 
     async def _finish_create_after_pull(self, vm: VM, starter: Principal | None) -> None:
         """Finish a create that waited for its image; `starter` asked for `auto_start`."""
@@ -284,7 +288,7 @@ class VMService:
                     return False
                 try:
                     self._check_fits(image, vm.disk_gb)
-                    await self.driver.prepare_disk(vm.id, self.images.media(image), vm.disk_gb)
+                    await self.agent.prepare_disk(vm.id, self.images.media(image), vm.disk_gb)
                 except VoidVMError as exc:
                     await self.state.set(vm.id, S.ERROR, exc.message)
                     return False
@@ -341,10 +345,13 @@ class VMService:
                     values["updated_at"] = now()
                     await VMRepository(s).update(vm.id, **values)  # a name conflict stops here
                 if disk is not None:
-                    await self.driver.grow_disk(vm.id, disk)  # last: its failure undoes the row
-            updated = await self.state.reload(vm.id)
-            if values:  # subscribers see renames and resizes too
-                self.state.publish(updated, updated.status, updated.status)
+                    await self.agent.grow_disk(vm.id, disk)  # last: its failure undoes the row
+                updated = await VMRepository(s).get(vm.id)
+                if updated is None:
+                    raise vm_not_found(vm.id)
+                # Subscribers see renames and resizes too.
+                told = await self.state.tell(s, updated, updated.status, updated.status) if values else []
+            self.state.deliver(told)
             return updated
 
     # -- actions -------------------------------------------------------------------------------
@@ -458,11 +465,11 @@ class VMService:
                     lambda _: self._restart(vm, force, timeout),
                 )
             case "pause":
-                return _Work(same, lambda _: self._simple(vm, self.driver.pause, S.PAUSED))
+                return _Work(same, lambda _: self._simple(vm, self.agent.pause, S.PAUSED))
             case "resume":
-                return _Work(same, lambda _: self._simple(vm, self.driver.resume, S.RUNNING))
+                return _Work(same, lambda _: self._simple(vm, self.agent.resume, S.RUNNING))
             case "reset":
-                return _Work(same, lambda _: self._simple(vm, self.driver.reset, vm.status))
+                return _Work(same, lambda _: self._simple(vm, self.agent.reset, vm.status))
         raise ValidationError("action", f"unknown action '{action}'")
 
     async def _begin_start(self, vm: VM) -> VM:
@@ -491,7 +498,7 @@ class VMService:
                 reason = "; ".join(r for r in (reason, note) if r) or None
             spec = VMSpec(vm.id, vm.cpu, vm.memory_mb, self.images.media(image), vm.ssh_port)
             await self._test_pause("before-spawn")
-            pid = await self.driver.start(spec)
+            pid = await self.agent.start(spec)
         except BaseException as exc:
             why = "internal error while starting"
             if isinstance(exc, VoidVMError):
@@ -504,16 +511,16 @@ class VMService:
     async def _power_off(self, vm: VM, force: bool, timeout: float) -> str | None:
         """The ACPI power button, then a kill after `timeout` s (at once with `force` or a timeout
         of 0). Returns why it came to a kill nobody asked for, else None."""
-        if not self.driver.is_running(vm.id):
+        if not await self.agent.is_running(vm.id):
             return None  # it has just ended on its own; its exit report will find the VM stopped
         self._expecting_exit.add(vm.id)
         try:
             if force or timeout <= 0:
-                await self.driver.kill(vm.id)
+                await self.agent.kill(vm.id)
                 return None
             why = await self._press_power_button(vm, timeout)
             if why is not None:
-                await self.driver.kill(vm.id)
+                await self.agent.kill(vm.id)
             return why
         finally:
             self._expecting_exit.discard(vm.id)
@@ -521,8 +528,8 @@ class VMService:
     async def _press_power_button(self, vm: VM, timeout: float) -> str | None:
         """None once the guest has powered off; else why it still has to be killed."""
         try:
-            await self.driver.powerdown(vm.id)
-            if await self.driver.wait_exit(vm.id, timeout):
+            await self.agent.powerdown(vm.id)
+            if await self.agent.wait_exit(vm.id, timeout):
                 return None
         except HypervisorTimeoutError:
             raise  # QEMU itself hangs (not the guest): only `force` may kill it
@@ -546,7 +553,7 @@ class VMService:
         try:
             return await self._power_off(vm, force, timeout)
         except HypervisorTimeoutError:
-            if self.driver.is_running(vm.id):
+            if await self.agent.is_running(vm.id):
                 await asyncio.shield(self.state.set(vm.id, vm.status, vm.status_reason))
                 raise
             return None  # it ended meanwhile: the stop happened after all
@@ -583,47 +590,80 @@ class VMService:
         await self._remove(vm)
 
     async def _remove(self, vm: VM) -> None:
-        await self.driver.destroy(vm.id)
+        await self.agent.destroy(vm.id)
         await self._test_pause("after-delete-files")
+        told = []
         async with self.db.session() as s:
             if await VMRepository(s).delete(vm.id):
                 await UserRepository(s).release(vm.owner_id, vm.cpu, vm.memory_mb, vm.disk_gb)
+                told = await self.state.tell_deleted(s, vm, S.DELETING)
         self._crash_restarts.forget(vm.id)
-        self.bus.publish(
-            "vm-status",
-            {"vmId": vm.id, "status": "deleted", "previous": S.DELETING.value},
-            vm_id=vm.id,
-            owner_id=vm.owner_id,
-        )
+        self.state.deliver(told)
 
     # -- live data -----------------------------------------------------------------------------
     async def live_status(self, principal: Principal, vm_id: str) -> dict[str, Any]:
         vm = await self.get(principal, vm_id)
-        running = self.driver.is_running(vm.id)
+        running = await self.agent.is_running(vm.id)
         return {
             "id": vm.id,
             "status": vm.status.value,
             "status_reason": vm.status_reason,
             "pid": vm.pid if running else None,
-            "qemu_status": await self.driver.query_status(vm.id) if running else None,
+            "qemu_status": await self.agent.query_status(vm.id) if running else None,
             "uptime": (now() - vm.started_at).total_seconds() if running and vm.started_at else 0,
         }
 
     async def stats(self, principal: Principal, vm_id: str) -> tuple[VM, VMStats | None, int | None]:
         """The VM, its live usage (None when it is not running) and its disk's allocated bytes."""
         vm = await self.get(principal, vm_id)
-        allocated = self.driver.disk_allocated_bytes(vm.id)
-        if not self.driver.is_running(vm.id):
+        allocated = await self.agent.disk_allocated_bytes(vm.id)
+        if not await self.agent.is_running(vm.id):
             return vm, None, allocated
-        return vm, await self.driver.stats(vm.id), allocated
+        return vm, await self.agent.stats(vm.id), allocated
+
+    async def is_process_running(self, vm_id: str) -> bool:
+        """Whether the VM's process runs on its host now (its row may still say otherwise)."""
+        return await self.agent.is_running(vm_id)
+
+    async def get_running(self, principal: Principal, vm_id: str) -> VM:
+        """The VM, when its process runs (a console needs one); else 409 VM_NOT_RUNNING."""
+        vm = await self.get(principal, vm_id)
+        if not await self.agent.is_running(vm.id):
+            raise InvalidStateError("The VM is not running", code="VM_NOT_RUNNING", current=vm.status.value)
+        return vm
+
+    async def open_display(self, vm_id: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """A byte stream to the VM's VNC server, for a caller that has authorized the viewer."""
+        return await self.agent.open_vnc(vm_id)
+
+    # -- what the host reports -----------------------------------------------------------------
+    def start_watching(self) -> None:
+        """Read the host's events (exits, pauses) from now on; those since construction first."""
+        if self._watcher is None:
+            self._watcher = asyncio.create_task(self._watch(), name="vm-events")
+
+    async def close(self) -> None:
+        self._feed.close()
+        if self._watcher is not None:
+            self._watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watcher
+            self._watcher = None
+
+    async def _watch(self) -> None:
+        while True:
+            self._on_host_event(await self._feed.next())
+
+    def _on_host_event(self, event: AgentEvent) -> None:
+        if isinstance(event, VMExited):
+            self._on_process_exit(event.vm_id, event.clean, event.reason)
+        elif isinstance(event, VMPaused):
+            self.tasks.spawn(self._record_pause(event.vm_id, event.reason))
 
     def _on_process_exit(self, vm_id: str, clean: bool, reason: str) -> None:
         if vm_id in self._expecting_exit:
             return  # the stop/restart/delete that asked for it records the outcome
         self.tasks.spawn(self._record_exit(vm_id, clean, reason))
-
-    def _on_paused_by_hypervisor(self, vm_id: str, reason: str) -> None:
-        self.tasks.spawn(self._record_pause(vm_id, reason))
 
     async def _record_pause(self, vm_id: str, reason: str) -> None:
         """QEMU paused the guest itself (a disk write found the host's disk full)."""
@@ -635,7 +675,11 @@ class VMService:
                 vm = await self.state.load(vm_id)
                 # Behind the lock: an action that ran meanwhile (a stop, a resume that failed
                 # again) decided the status, unless the VM still runs or sits paused.
-                if vm is None or vm.status not in {S.RUNNING, S.PAUSED} or not self.driver.is_running(vm_id):
+                if (
+                    vm is None
+                    or vm.status not in {S.RUNNING, S.PAUSED}
+                    or not await self.agent.is_running(vm_id)
+                ):
                     return
                 log.warning("VM %s paused by the hypervisor: %s", vm_id, reason)
                 await self.state.set(vm_id, S.PAUSED, reason)
@@ -652,7 +696,7 @@ class VMService:
             return
         if vm.status in {S.STOPPED, S.ERROR, S.DELETING}:
             return
-        if self.driver.is_running(vm_id):
+        if await self.agent.is_running(vm_id):
             return  # a late report: the VM was started again since that process ended
         values = {"pid": None, "started_at": None}  # the SSH port stays the VM's
         if clean:

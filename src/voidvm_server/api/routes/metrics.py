@@ -18,7 +18,7 @@ async def metrics(request: Request, container: ContainerDep) -> Response:
         await admin_principal(await current_principal(request, container))
     by_state = await container.system.vm_counts()
     latest = container.monitor.latest()
-    running = [v for v in container.driver.known_run_dirs() if container.driver.is_running(v)]
+    running = await container.monitor.running_vms()
     snapshot: dict[str, object] = {
         "vms_by_state": by_state,
         "qemu_processes": len(running),

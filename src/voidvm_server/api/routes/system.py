@@ -86,7 +86,7 @@ async def info(principal: CurrentPrincipal, container: ContainerDep) -> JSONResp
         "disk": {"total_gb": round(disk.total / 2**30, 1), "used_gb": round(disk.used / 2**30, 1)},
         "hypervisor": {
             "qemu_version": container.qemu_version,
-            "accelerator": container.driver.accel,
+            "accelerator": container.agent.accel,
             "architectures": ["x86_64"],
         },
         "database": "postgresql" if not container.db.is_sqlite else "sqlite",

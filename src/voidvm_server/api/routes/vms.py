@@ -24,7 +24,6 @@ from voidvm_server.api.response_models import (
 )
 from voidvm_server.api.routes.operations import operation_location
 from voidvm_server.api.schemas import Body, VMActionBody, VMCreateBody, VMUpdateBody
-from voidvm_server.errors import InvalidStateError
 from voidvm_server.services.clock import now
 from voidvm_server.services.vms import VMCreate, VMQuery, VMUpdate
 
@@ -196,9 +195,7 @@ async def console_ticket(
 ) -> JSONResponse:
     """A single-use ticket (~30 s) for the raw serial (`/console`) or VNC (`/vnc`) WebSocket."""
     kind = (body or ConsoleTicketBody()).type
-    vm = await container.vms.get(principal, vm_id)
-    if not container.driver.is_running(vm.id):
-        raise InvalidStateError("The VM is not running", code="VM_NOT_RUNNING", current=vm.status.value)
+    vm = await container.vms.get_running(principal, vm_id)
     credential = bearer_token(request)
     assert credential is not None  # CurrentPrincipal authenticated it
     ticket = container.tickets.issue(principal, credential, vm.id, kind)

@@ -69,7 +69,7 @@ class EventSocket:
         self.outbox: Outbox[Outgoing] = Outbox(
             websocket, self._render, send_timeout=self.settings.ws_send_timeout_seconds
         )
-        self.router = EventRouter(container.bus, lambda: self.principal, self.outbox.put, self._gap)
+        self.router = EventRouter(container.events, lambda: self.principal, self.outbox.put, self._gap)
         self.samplers = Samplers(self._push, self._fail)
         self.terminals = Terminals(container.consoles, self.reply, self._fail)
         rate = self.settings.ws_messages_per_second

@@ -29,7 +29,6 @@ from voidvm_server.api.ws.samplers import Samplers, host_sample
 from voidvm_server.api.ws.subscriptions import EventRouter
 from voidvm_server.api.ws.terminal import Terminals
 from voidvm_server.auth.principal import Principal
-from voidvm_server.errors import InvalidStateError
 from voidvm_server.services.clock import now
 from voidvm_server.services.vms import VMQuery
 
@@ -73,7 +72,7 @@ async def _subscribe(s: Session, data: SubscribeData, msg_id: MessageId) -> None
         )
         if target is not None:
             ack["vmId"] = target
-        ack["lastEventId"] = s.container.bus.last_id
+        ack["lastEventId"] = await s.container.events.last_id()
     else:
         ack["interval"] = data.period
         if data.topic == "vm-metrics":
@@ -138,9 +137,7 @@ async def vm_control(s: Session, data: VMControlData, msg_id: MessageId) -> None
 
 
 async def terminal_connect(s: Session, data: TerminalConnectData, msg_id: MessageId) -> None:
-    vm = await s.container.vms.get(s.principal(), data.vmId)
-    if not s.container.driver.is_running(vm.id):
-        raise InvalidStateError("The VM is not running", code="VM_NOT_RUNNING", current=vm.status.value)
+    vm = await s.container.vms.get_running(s.principal(), data.vmId)
     await s.terminals.connect(vm.id, data.cols, data.rows, msg_id)
 
 

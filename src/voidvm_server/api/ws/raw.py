@@ -22,7 +22,7 @@ from voidvm_server.api.ws import protocol as p
 from voidvm_server.api.ws.guards import bearer
 from voidvm_server.api.ws.outbox import Outbox
 from voidvm_server.auth.principal import Principal
-from voidvm_server.errors import AuthError, NotFoundError, VoidVMError
+from voidvm_server.errors import AuthError, DriverError, NotFoundError, VoidVMError
 from voidvm_server.events.bus import Event
 from voidvm_server.services.tickets import StreamKind
 
@@ -83,7 +83,7 @@ class RawStream:
             return p.CLOSE_UNAUTHORIZED, exc.message
         except NotFoundError as exc:
             return p.CLOSE_NOT_FOUND, exc.message
-        if not self.container.driver.is_running(vm.id):
+        if not await self.container.vms.is_process_running(vm.id):
             return p.CLOSE_CONFLICT, "the VM is not running"
         refusal = self.container.ws_hub.bind(self, principal)  # raw streams are never anonymous
         if refusal is not None:
@@ -167,12 +167,10 @@ class VncProxy(RawStream):
     kind: StreamKind = "vnc"
 
     async def stream(self) -> None:
-        path = self.container.driver.vnc_socket(self.vm_id)
         try:
-            async with asyncio.timeout(5):
-                reader, writer = await asyncio.open_unix_connection(str(path))
-        except (OSError, TimeoutError):
-            self._close = (p.CLOSE_CONFLICT, "the VM's display is not reachable")
+            reader, writer = await self.container.vms.open_display(self.vm_id)
+        except DriverError as exc:
+            self._close = (p.CLOSE_CONFLICT, exc.message[0].lower() + exc.message[1:])
             return
         try:
             upstream = asyncio.create_task(self._to_client(reader))

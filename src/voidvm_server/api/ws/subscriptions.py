@@ -4,10 +4,12 @@ Guarantees per socket:
 - Events arrive in increasing `eventId` order, each at most once.
 - A user sees events of their own VMs only; an admin sees all. `vm-status-all` = every VM visible.
 - Resume: a subscribe with `lastEventId` (or the socket's `?lastEventId=`) first gets the events
-  after that id from the bus's replay buffer. Clients re-subscribe to several topics at once after
-  a reconnect, so the router waits until no subscribe has arrived for `settle` seconds (holding
-  live events meanwhile), then sends the union of the missed and held events in id order.
-- If the replay buffer no longer reaches back to `lastEventId`, a `replay-gap` notice says so.
+  after that id from the database (services/event_log.py), across restarts. Clients re-subscribe
+  to several topics at once after a reconnect, so the router waits until no subscribe has arrived
+  for `settle` seconds (holding live events meanwhile, also while the database is read), then
+  sends the union of the missed and held events in id order.
+- If the kept events no longer reach back to `lastEventId` (pruned, or more than a resume sends),
+  a `replay-gap` notice says so.
 """
 
 from __future__ import annotations
@@ -16,7 +18,9 @@ import asyncio
 from collections.abc import Callable
 
 from voidvm_server.auth.principal import Principal
-from voidvm_server.events.bus import Event, EventBus
+from voidvm_server.errors import VoidVMError
+from voidvm_server.events.bus import Event
+from voidvm_server.services.event_log import REPLAY_LIMIT, EventLog
 
 EVENT_KINDS = frozenset({"vm-status", "system-event", "operation"})
 
@@ -24,14 +28,14 @@ EVENT_KINDS = frozenset({"vm-status", "system-event", "operation"})
 class EventRouter:
     def __init__(
         self,
-        bus: EventBus,
+        log: EventLog,
         principal: Callable[[], Principal | None],
         push: Callable[[Event], None],
         on_gap: Callable[[int, int], None],
         *,
         settle: float = 0.05,
     ) -> None:
-        self.bus = bus
+        self.log = log
         self._principal = principal
         self._push = push
         self._on_gap = on_gap
@@ -44,6 +48,7 @@ class EventRouter:
         self._resume_from: int | None = None  # set while a resume is settling
         self._held: list[Event] = []
         self._timer: asyncio.TimerHandle | None = None
+        self._flushing: asyncio.Task[None] | None = None
         self._busy = 0  # subscribes being handled: no flush before they are in
 
     # -- the settle window -----------------------------------------------------------------------
@@ -63,7 +68,7 @@ class EventRouter:
             return
         if self._timer is not None:
             self._timer.cancel()
-        self._timer = asyncio.get_running_loop().call_later(self.settle, self.flush)
+        self._timer = asyncio.get_running_loop().call_later(self.settle, self._start_flush)
 
     # -- subscriptions ---------------------------------------------------------------------------
     def subscribe(
@@ -123,18 +128,34 @@ class EventRouter:
         else:
             self._send(event)
 
-    def flush(self) -> None:
-        """End a resume: send the missed events and those held meanwhile, in id order."""
+    def _start_flush(self) -> None:
         self._timer = None
-        start, self._resume_from = self._resume_from, None
-        held, self._held = self._held, []
+        if self._flushing is None or self._flushing.done():
+            self._flushing = asyncio.create_task(self.flush(), name="ws-resume")
+        else:  # a resume is being read: this one goes after it
+            self._arm()
+
+    async def flush(self) -> None:
+        """End a resume: send the missed events and those held meanwhile, in id order."""
+        start = self._resume_from
         if start is None:
             return
-        missed = list(self.bus.since(start))
-        if missed and missed[0].id > start + 1:
-            self._on_gap(start + 1, missed[0].id - 1)
-        elif not missed and start > self.bus.last_id:
-            self._on_gap(self.bus.last_id + 1, start)  # ids from an earlier server process
+        try:
+            missed = await self.log.since(start)  # the newest REPLAY_LIMIT after `start`
+            oldest = await self.log.first_id()
+            newest = missed[-1].id if missed else await self.log.last_id()
+        except VoidVMError:  # the database is away: say that nothing could be replayed
+            missed, oldest, newest = [], 0, start
+            self._on_gap(start + 1, start + 1)
+        # No await from here on: live events stay held until the missed ones are out.
+        self._resume_from = None
+        held, self._held = self._held, []
+        if len(missed) >= REPLAY_LIMIT and missed[0].id > start + 1:
+            self._on_gap(start + 1, missed[0].id - 1)  # more than one resume sends
+        elif oldest > start + 1:
+            self._on_gap(start + 1, oldest - 1)  # pruned
+        elif start > newest:
+            self._on_gap(newest + 1, start)  # ids this database never handed out
         events = {e.id: e for e in missed if self.matches(e)}
         events.update((e.id, e) for e in held)
         for event_id in sorted(events):
@@ -150,3 +171,5 @@ class EventRouter:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        if self._flushing is not None:
+            self._flushing.cancel()
