@@ -56,7 +56,7 @@ TIMED = [
     ("voidvm_server.persistence.repositories", "VMRepository.list"),
     ("voidvm_server.persistence.repositories", "VMRepository.get"),
     ("voidvm_server.persistence.repositories", "VMRepository.update"),
-    ("voidvm_server.events.bus", "EventBus.publish"),
+    ("voidvm_server.services.event_log", "EventLog.add"),
     ("voidvm_server.persistence.repositories", "UserRepository.reserve"),
     ("asyncio", "create_subprocess_exec"),
     ("asyncio.subprocess", "Process.wait"),

@@ -3,9 +3,9 @@
 A real server (uvicorn, SQLite, QEMU) runs in a subprocess; this process opens N sockets (ten per
 user, the default per-user limit, across as many admin users as needed), subscribes each to the
 VM's `vm-status`, then toggles pause/resume on a running tiny guest: every toggle is exactly one
-state change. Latency = the moment a client has the message minus the moment the server published
-the event on its bus (the server process writes each publish time to a file; both sides read the
-same wall clock). Every socket's latency is one sample; "all delivered" is the slowest socket of
+state change. Latency = the moment a client has the message minus the moment the server began to
+write the event to its database (the server process writes each time to a file; both sides read
+the same wall clock). Every socket's latency is one sample; "all delivered" is the slowest socket of
 a round. The clients share one Python process and one core: what they see includes their own
 decoding of N messages, as a dashboard's would.
 Run: .venv/bin/python -m bench.ws_fanout [--sockets 1,100,500] [--rounds 20]
@@ -34,7 +34,7 @@ PER_USER = 10
 
 # -- the server side (runs in the subprocess) ------------------------------------------------------
 def serve_child(publish_log: Path) -> None:
-    """`voidvm-server serve`, plus a record of when each bus event is published."""
+    """`voidvm-server serve`, plus a record of when each event is written (EventLog.add)."""
     import uvicorn
 
     from voidvm_server.api.app import create_app
@@ -57,17 +57,17 @@ def serve_child(publish_log: Path) -> None:
             await asyncio.sleep(0.01)
         if task.done():
             return
-        bus = app.state.container.bus
-        publish = bus.publish
+        events = app.state.container.events
+        add = events.add
         out = publish_log.open("a", buffering=1)
 
-        def timed_publish(*args: Any, **kwargs: Any) -> Any:
-            at = time.time()
-            event = publish(*args, **kwargs)
+        async def timed_add(*args: Any, **kwargs: Any) -> Any:
+            at = time.time()  # before the row is written: the latency includes the commit
+            event = await add(*args, **kwargs)
             out.write(f"{event.id} {at:.6f}\n")
             return event
 
-        bus.publish = timed_publish
+        events.add = timed_add
         await task
 
     asyncio.run(main())

@@ -28,6 +28,7 @@ from tests.integration.conftest import (
     wait_gone,
     wait_status,
 )
+from voidvm_server.agent.port import VMExited
 from voidvm_server.drivers.fake import FakeDriver
 
 DETECT_TIMEOUT = 5 * TCG_SCALE  # "within a few seconds"
@@ -229,9 +230,12 @@ async def late_exit(api: Api, vm_id: str) -> Callable[[], Awaitable[None]]:
     driver = api.container.agent.driver
     assert isinstance(driver, FakeDriver)
     driver.running.pop(vm_id)
+    pid = driver.pids.pop(vm_id)
 
     async def report() -> None:
-        driver._on_exit(vm_id, False, "the QEMU process exited unexpectedly")
+        api.container.vms.handle_host_event(
+            VMExited(vm_id, pid, False, "the QEMU process exited unexpectedly")
+        )
         await api.container.tasks.wait_idle()
 
     return report

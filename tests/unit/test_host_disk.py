@@ -182,7 +182,7 @@ async def test_a_vm_found_paused_by_a_full_disk_after_a_restart_is_paused_with_t
     svc = api.container.vms
     driver = IoErrorDriver(Path("/nonexistent"))
     driver.running[vm_id] = "paused"
-    svc.agent = LocalAgent(driver)
+    svc.agent = LocalAgent(driver, images_root=Path("/nonexistent"))
     await svc.recovery.reconcile_one(await svc.state.reload(vm_id))
     vm = await svc.state.reload(vm_id)
     assert (vm.status, vm.status_reason, vm.pid) == (VMStatus.PAUSED, DISK_FULL_REASON, 4242)

@@ -62,7 +62,7 @@ async def kit(tmp_path: Path) -> AsyncIterator[Kit]:
     kernel.write_bytes(b"never booted by the fake")
     await images.register_kernel_image("tiny", kernel, None, "console=ttyS0", default=True)
     driver = FakeDriver(tmp_path)
-    agent = LocalAgent(driver)
+    agent = LocalAgent(driver, images_root=settings.data_dir / "images")
     vms = VMService(
         db, agent, images, events, live, settings, disk_reserve(settings), operations, tasks, audit
     )
@@ -128,14 +128,31 @@ async def test_a_crash_the_host_reports_turns_the_vm_error_with_its_reason(kit: 
 
 async def test_an_exit_the_service_asked_for_is_not_taken_for_a_crash(kit: Kit) -> None:
     vm_id = await running_vm(kit)
+    pid = (await kit.vms.state.reload(vm_id)).pid
+    assert pid is not None
     feed = kit.vms.agent.subscribe()
     try:
         vm = await kit.vms.action(kit.owner, vm_id, "stop")
-        assert await feed.next() == VMExited(vm_id, True, "powered off")
+        assert await feed.next() == VMExited(vm_id, pid, True, "powered off")
     finally:
         feed.close()
     await kit.vms.tasks.wait_idle()
     assert (vm.status, (await kit.vms.state.reload(vm_id)).status) == (VMStatus.STOPPED, VMStatus.STOPPED)
+
+
+async def test_a_late_exit_of_an_earlier_process_never_hides_the_crash_of_the_current_one(kit: Kit) -> None:
+    vm_id = await running_vm(kit)
+    first = (await kit.vms.state.reload(vm_id)).pid
+    await kit.vms.action(kit.owner, vm_id, "restart")
+    second = kit.driver.pids.pop(vm_id)
+    kit.driver.running.pop(vm_id)  # the new process dies at once; its report comes second
+    assert first is not None and first != second
+    kit.vms.handle_host_event(VMExited(vm_id, first, True, "powered off"))  # the old one, late
+    await kit.vms.tasks.wait_idle()
+    kit.vms.handle_host_event(VMExited(vm_id, second, False, "the QEMU process exited unexpectedly"))
+    await kit.vms.tasks.wait_idle()
+    vm = await kit.vms.state.reload(vm_id)
+    assert (vm.status, vm.status_reason) == (VMStatus.ERROR, "the QEMU process exited unexpectedly")
 
 
 async def test_a_pause_the_host_reports_is_recorded_with_its_reason(kit: Kit) -> None:

@@ -1,31 +1,52 @@
 """LocalAgent: the HostAgent port served in this process, by a Driver (QEMU's, or the fake).
 
-The driver's callbacks become events on the agent's fan-out; its paths stay on this side: the
-serial log is read here and the VNC socket is opened here, so what crosses the port is bytes.
+The driver's callbacks become events on the agent's fan-out; its paths stay on this side: an
+image reference becomes the paths of the files in the image store here, the serial log is read
+here and the VNC socket is opened here, so what crosses the port is names, numbers and bytes.
 """
 
 from __future__ import annotations
 
 import asyncio
+import re
+from pathlib import Path
 
 from voidvm_server.agent.events import EventFanout, Feed
-from voidvm_server.agent.port import BootMedia, ConsoleOutput, VMExited, VMPaused, VMSpec, VMStats
-from voidvm_server.drivers.base import Driver
+from voidvm_server.agent.port import ConsoleOutput, ImageRef, VMExited, VMPaused, VMPlan, VMStats
+from voidvm_server.drivers.base import BootMedia, Driver, VMSpec
 from voidvm_server.drivers.console_log import read_tail
 from voidvm_server.errors import DriverError
 
 VNC_CONNECT_SECONDS = 5.0
+FILE_NAME = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}$")  # in the image's directory, never a path
+
+
+def boot_media(image: ImageRef, images_root: Path) -> BootMedia:
+    """The files of `image` in the store at `images_root` (<root>/<image id>/<file name>)."""
+    if not all(FILE_NAME.match(name) for name in (image.image_id, *image.files.values())):
+        raise ValueError("invalid image reference")
+    files = {role: images_root / image.image_id / name for role, name in image.files.items()}
+    if image.format == "kernel":
+        return BootMedia(
+            kernel=files["kernel"], initrd=files.get("initrd"), kernel_cmdline=image.kernel_cmdline
+        )
+    if image.format == "iso":
+        return BootMedia(cdrom=files["disk"])
+    return BootMedia(base_disk=files["disk"], base_format=image.format)
 
 
 class LocalAgent:
-    def __init__(self, driver: Driver) -> None:
+    def __init__(self, driver: Driver, images_root: Path) -> None:
         # Public for tests and tools of this host only (paths of a run directory): the services
         # never reach past the port.
         self.driver = driver
+        self.images_root = images_root
         self.accel = driver.accel
         self._events = EventFanout()
         publish = self._events.publish
-        driver.set_exit_handler(lambda vm_id, clean, reason: publish(VMExited(vm_id, clean, reason)))
+        driver.set_exit_handler(
+            lambda vm_id, pid, clean, reason: publish(VMExited(vm_id, pid, clean, reason))
+        )
         driver.set_pause_handler(lambda vm_id, reason: publish(VMPaused(vm_id, reason)))
         driver.set_console_handler(self._printed)
         self._console_ends: dict[str, int] = {}
@@ -37,8 +58,8 @@ class LocalAgent:
     def subscribe(self) -> Feed:
         return self._events.subscribe()
 
-    async def prepare_disk(self, vm_id: str, media: BootMedia, size_gb: int) -> None:
-        await self.driver.prepare_disk(vm_id, media, size_gb)
+    async def prepare_disk(self, vm_id: str, image: ImageRef, size_gb: int) -> None:
+        await self.driver.prepare_disk(vm_id, boot_media(image, self.images_root), size_gb)
 
     async def has_disk(self, vm_id: str) -> bool:
         return self.driver.has_disk(vm_id)
@@ -51,9 +72,11 @@ class LocalAgent:
 
     async def destroy(self, vm_id: str) -> None:
         await self.driver.destroy(vm_id)
+        self._console_ends.pop(vm_id, None)
 
-    async def start(self, spec: VMSpec) -> int:
-        return await self.driver.start(spec)
+    async def start(self, plan: VMPlan) -> int:
+        media = boot_media(plan.image, self.images_root)
+        return await self.driver.start(VMSpec(plan.vm_id, plan.cpu, plan.memory_mb, media, plan.ssh_port))
 
     async def attach(self, vm_id: str) -> int | None:
         return await self.driver.attach(vm_id)

@@ -13,28 +13,51 @@ import asyncio
 from dataclasses import dataclass
 from typing import Protocol
 
-from voidvm_server.drivers.base import DISK_FULL_REASON, BootMedia, VMSpec, VMStats
+from voidvm_server.drivers.base import DISK_FULL_REASON, VMStats
 
 __all__ = [
     "DISK_FULL_REASON",
     "AgentEvent",
-    "BootMedia",
     "ConsoleOutput",
     "EventFeed",
     "HostAgent",
+    "ImageRef",
     "VMExited",
     "VMPaused",
-    "VMSpec",
+    "VMPlan",
     "VMStats",
 ]
 
 
 @dataclass(frozen=True)
-class VMExited:
-    """A VM's process ended. `clean`: a shutdown the guest or VoidVM asked for; otherwise it died
-    (killed, crashed) and `reason` says how."""
+class ImageRef:
+    """What a VM boots from, by name: the host finds the files in its own image store. `files`
+    maps a role (`disk`, `kernel`, `initrd`) to a file name in the image's directory."""
+
+    image_id: str
+    format: str  # qcow2, raw, iso or kernel
+    files: dict[str, str]
+    kernel_cmdline: str | None = None
+
+
+@dataclass(frozen=True)
+class VMPlan:
+    """A VM to start: its size, what it boots and the loopback port its SSH is forwarded from."""
 
     vm_id: str
+    cpu: int
+    memory_mb: int
+    image: ImageRef
+    ssh_port: int | None
+
+
+@dataclass(frozen=True)
+class VMExited:
+    """A VM's process (`pid`) ended. `clean`: a shutdown the guest or VoidVM asked for; otherwise
+    it died (killed, crashed) and `reason` says how."""
+
+    vm_id: str
+    pid: int
     clean: bool
     reason: str
 
@@ -77,7 +100,7 @@ class HostAgent(Protocol):
     def subscribe(self) -> EventFeed: ...
 
     # -- disks ---------------------------------------------------------------------------------
-    async def prepare_disk(self, vm_id: str, media: BootMedia, size_gb: int) -> None: ...
+    async def prepare_disk(self, vm_id: str, image: ImageRef, size_gb: int) -> None: ...
     async def has_disk(self, vm_id: str) -> bool: ...
     async def grow_disk(self, vm_id: str, size_gb: int) -> None: ...
     async def disk_allocated_bytes(self, vm_id: str) -> int | None: ...
@@ -85,7 +108,7 @@ class HostAgent(Protocol):
         """Remove everything of the VM on this host: process, disk, run directory."""
 
     # -- processes -----------------------------------------------------------------------------
-    async def start(self, spec: VMSpec) -> int:
+    async def start(self, plan: VMPlan) -> int:
         """Start the VM; its pid."""
 
     async def attach(self, vm_id: str) -> int | None:

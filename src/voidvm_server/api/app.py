@@ -108,11 +108,12 @@ async def build_container(settings: Settings, driver_factory: DriverFactory | No
     )
     qemu_img = QemuImg(settings.qemu_img_binary)
     qemu_version = await qemu_img.version()
-    agent = LocalAgent(
+    driver = (
         driver_factory(settings, settings.data_dir)
         if driver_factory
         else await build_driver(settings, qemu_version)
     )
+    agent = LocalAgent(driver, images_root=settings.data_dir / "images")
     bus = EventBus()
     events = EventLog(db, bus)
     limiter = RateLimiter(settings.redis_url, settings.redis_prefix)
@@ -175,6 +176,7 @@ async def build_container(settings: Settings, driver_factory: DriverFactory | No
 
 async def start_services(container: Container) -> None:
     settings = container.settings
+    await container.events.start()
     await container.users.ensure_admin()
     container.default_admin_password = await container.users.admin_uses_default_password()
     if container.default_admin_password:

@@ -43,9 +43,9 @@ class VMStats:
     uptime_seconds: float
 
 
-# Called when a VM's process ends: (vm_id, clean, reason). `clean` means a shutdown the guest or
-# VoidVM asked for; otherwise the process died (killed, crashed) and `reason` says how.
-ExitHandler = Callable[[str, bool, str], None]
+# Called when a VM's process ends: (vm_id, pid, clean, reason). `clean` means a shutdown the guest
+# or VoidVM asked for; otherwise the process died (killed, crashed) and `reason` says how.
+ExitHandler = Callable[[str, int, bool, str], None]
 # Called when the hypervisor pauses a guest on its own: (vm_id, reason).
 PauseHandler = Callable[[str, str], None]
 # Called with each chunk of a running VM's serial output: (vm_id, data). Must not block.

@@ -31,7 +31,8 @@ class FakeDriver:
         self._recent: dict[str, bytes] = {}
         self._logs: dict[str, RotatingLog] = {}
         self._pids = itertools.count(10_000)
-        self._on_exit: ExitHandler = lambda vm_id, clean, reason: None
+        self._on_exit: ExitHandler = lambda vm_id, pid, clean, reason: None
+        self.pids: dict[str, int] = {}  # the running VMs' pids
         self._on_pause: PauseHandler = lambda vm_id, reason: None
         self._on_console: ConsoleHandler = lambda vm_id, data: None
 
@@ -64,12 +65,13 @@ class FakeDriver:
             message, self.fail_next_start = self.fail_next_start, None
             raise DriverError(message)
         self.running[spec.vm_id] = "running"
+        pid = self.pids[spec.vm_id] = next(self._pids)
         self._recent[spec.vm_id] = b""
         old = self._logs.pop(spec.vm_id, None)
         if old is not None:
             old.close()
         start_new_log(self.console_log(spec.vm_id))
-        return next(self._pids)
+        return pid
 
     async def attach(self, vm_id: str) -> int | None:
         return None
@@ -80,7 +82,7 @@ class FakeDriver:
     def crash(self, vm_id: str) -> None:
         """Simulate QEMU dying on its own."""
         self.running.pop(vm_id, None)
-        self._on_exit(vm_id, False, "the QEMU process exited unexpectedly")
+        self._on_exit(vm_id, self.pids.pop(vm_id, 0), False, "the QEMU process exited unexpectedly")
 
     def pause_on_its_own(self, vm_id: str, reason: str) -> None:
         """Simulate QEMU pausing the guest itself (a disk write found the host's disk full)."""
@@ -110,11 +112,11 @@ class FakeDriver:
         if vm_id in self.deaf_to_power_button:
             return  # pressed; nobody in the guest handles it
         self.running.pop(vm_id)
-        self._on_exit(vm_id, True, "powered off")
+        self._on_exit(vm_id, self.pids.pop(vm_id, 0), True, "powered off")
 
     async def kill(self, vm_id: str) -> None:
         if self.running.pop(vm_id, None) is not None:
-            self._on_exit(vm_id, True, "powered off")
+            self._on_exit(vm_id, self.pids.pop(vm_id, 0), True, "powered off")
 
     async def wait_exit(self, vm_id: str, timeout: float) -> bool:
         return vm_id not in self.running

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -23,6 +24,8 @@ from typing import Protocol
 from voidvm_server.agent.port import ConsoleOutput, EventFeed, HostAgent
 from voidvm_server.errors import InvalidStateError
 from voidvm_server.events.bus import Event, EventBus
+
+log = logging.getLogger(__name__)
 
 
 class ConsoleViewer(Protocol):
@@ -70,9 +73,13 @@ class ConsoleHub:
     async def _read(self, feed: EventFeed) -> None:
         while True:
             event = await feed.next()
-            if isinstance(event, ConsoleOutput):
-                for attached in list(self._viewers.get(event.vm_id, ())):
+            if not isinstance(event, ConsoleOutput):
+                continue
+            for attached in list(self._viewers.get(event.vm_id, ())):
+                try:
                     attached.deliver(event)
+                except Exception:  # one viewer's bug must not silence the others
+                    log.exception("A console viewer of %s failed", event.vm_id)
 
     async def attach(self, vm_id: str, viewer: ConsoleViewer) -> bytes:
         """Attach a viewer to a running VM; returns the recent output to show it first. Live

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from voidvm_server.agent.port import BootMedia
+from voidvm_server.agent.port import ImageRef
 from voidvm_server.config import Settings
 from voidvm_server.domain.models import Image, ImageFormat, ImageStatus
 from voidvm_server.domain.operations import Operation
@@ -63,17 +63,6 @@ def image_not_available(image: Image) -> ConflictError:
         code="IMAGE_NOT_AVAILABLE",
         details={"image": image.name, "image_status": image.status.value, "reason": image.status_reason},
     )
-
-
-def boot_media(image: Image, image_dir: Path) -> BootMedia:
-    files = {k: image_dir / v for k, v in image.files.items()}
-    if image.format is ImageFormat.KERNEL:
-        return BootMedia(
-            kernel=files["kernel"], initrd=files.get("initrd"), kernel_cmdline=image.kernel_cmdline
-        )
-    if image.format is ImageFormat.ISO:
-        return BootMedia(cdrom=files["disk"])
-    return BootMedia(base_disk=files["disk"], base_format=image.format.value)
 
 
 def named_image(images: builtins.list[Image], name: str) -> Image | None:
@@ -138,8 +127,9 @@ class ImageService:
             raise ValueError("invalid image id")
         return self.root / image_id
 
-    def media(self, image: Image) -> BootMedia:
-        return boot_media(image, self.image_dir(image.id))
+    def media(self, image: Image) -> ImageRef:
+        """What a VM of this image boots, as the host agent finds it in the image store."""
+        return ImageRef(image.id, image.format.value, dict(image.files), image.kernel_cmdline)
 
     async def list(self) -> list[Image]:
         async with self.db.reading() as s:

@@ -135,10 +135,9 @@ class OperationService:
             created_at=stamp,
             updated_at=stamp,
         )
-        async with self.db.session() as s:
+        async with self.events.session() as s:
             await OperationRepository(s).add(op)
-            told = await self._tell(s, op)
-        self.events.deliver([told])
+            await self._tell(s, op)
         return op
 
     def run(self, op: Operation, work: Work) -> asyncio.Task[Any]:
@@ -186,10 +185,10 @@ class OperationService:
             log.warning("Could not record the end of operation %s", operation_id, exc_info=True)
 
     async def _change(self, operation_id: str, **values: Any) -> Operation | None:
-        async with self.db.session() as s:
+        async with self.events.session() as s:
             op = await OperationRepository(s).update_unfinished(operation_id, updated_at=now(), **values)
-            told = [await self._tell(s, op)] if op is not None else []
-        self.events.deliver(told)
+            if op is not None:
+                await self._tell(s, op)
         return op
 
     # -- reading -------------------------------------------------------------------------------
@@ -275,12 +274,12 @@ class OperationService:
     # -- restarts ------------------------------------------------------------------------------
     async def recover(self) -> None:
         """Operations a previous server process left running cannot finish: fail them."""
-        async with self.db.session() as s:
+        async with self.events.session() as s:
             cut_short = await OperationRepository(s).fail_unfinished(INTERRUPTED, now())
-            told = [await self._tell(s, op) for op in cut_short]
+            for op in cut_short:
+                await self._tell(s, op)
         for op in cut_short:
             log.warning("Operation %s (%s) was cut short by a restart", op.id, op.type)
-        self.events.deliver(told)
 
     def start_pruning(self) -> None:
         """Prune finished operations older than the retention now and then (hourly). A task of
@@ -303,10 +302,10 @@ class OperationService:
             log.info("Deleted %d operations that finished over %s ago", gone, self.retention)
         return gone
 
-    async def _tell(self, s: AsyncSession, op: Operation) -> Event:
+    async def _tell(self, s: AsyncSession, op: Operation) -> None:
         """The `operation` event of a change, in the change's own unit of work."""
         vm_id = op.resource_id if op.resource_type == "vm" else None
-        return await self.events.add(s, "operation", operation_json(op), vm_id=vm_id, owner_id=op.owner_id)
+        await self.events.add(s, "operation", operation_json(op), vm_id=vm_id, owner_id=op.owner_id)
 
     async def close(self) -> None:
         self._stop_listening()

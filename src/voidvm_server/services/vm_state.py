@@ -15,7 +15,6 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from voidvm_server.domain.models import GUEST_IP, VM, VMStatus
 from voidvm_server.domain.states import check_move
 from voidvm_server.errors import ConcurrentChangeError, vm_not_found
-from voidvm_server.events.bus import Event
 from voidvm_server.persistence.engine import Database
 from voidvm_server.persistence.repositories import VMRepository
 from voidvm_server.services.clock import now
@@ -53,7 +52,7 @@ class VMStateStore:
         # Only VM fields named like their columns (pid, ssh_port, started_at) pass through `values`,
         # so the new record is the old one with the changes: one read, one write.
         changes = {"status_reason": reason, "updated_at": now(), **values}
-        async with self.db.session() as s:
+        async with self.events.session() as s:
             repo = VMRepository(s)
             before = await repo.get(vm_id)
             if before is None:
@@ -67,13 +66,12 @@ class VMStateStore:
                     raise vm_not_found(vm_id)
                 raise ConcurrentChangeError(current.status.value)
             vm = dataclasses.replace(before, status=status, **changes)
-            told = await self.tell(s, vm, status, before.status)
-        self.events.deliver(told)
+            await self.tell(s, vm, status, before.status)
         return vm
 
-    async def tell(self, s: AsyncSession, vm: VM, status: VMStatus, previous: VMStatus | None) -> list[Event]:
-        """Write the events of a change in the caller's unit of work (a create, an update, a
-        status change); the caller delivers them once it has committed."""
+    async def tell(self, s: AsyncSession, vm: VM, status: VMStatus, previous: VMStatus | None) -> None:
+        """Write the events of a change in the caller's unit of work (one of `events.session()`:
+        a create, an update, a status change); they are delivered once it has committed."""
         data = {
             "vmId": vm.id,
             "status": status.value,
@@ -83,20 +81,14 @@ class VMStateStore:
             "memory": vm.memory_mb,
             "network": {"ip": GUEST_IP if vm.pid else None, "ports": vm.ports},
         }
-        return await self._with_lifecycle(s, vm, data)
+        await self._with_lifecycle(s, vm, data)
 
-    async def tell_deleted(self, s: AsyncSession, vm: VM, previous: VMStatus | None) -> list[Event]:
+    async def tell_deleted(self, s: AsyncSession, vm: VM, previous: VMStatus | None) -> None:
         data = {"vmId": vm.id, "status": "deleted", "previous": previous.value if previous else None}
-        return await self._with_lifecycle(s, vm, data)
+        await self._with_lifecycle(s, vm, data)
 
-    async def _with_lifecycle(self, s: AsyncSession, vm: VM, data: dict[str, Any]) -> list[Event]:
-        told = [await self.events.add(s, "vm-status", data, vm_id=vm.id, owner_id=vm.owner_id)]
+    async def _with_lifecycle(self, s: AsyncSession, vm: VM, data: dict[str, Any]) -> None:
+        await self.events.add(s, "vm-status", data, vm_id=vm.id, owner_id=vm.owner_id)
         lifecycle = lifecycle_event(data, vm_id=vm.id, owner_id=vm.owner_id)
         if lifecycle is not None:
-            told.append(
-                await self.events.add(s, "system-event", lifecycle, vm_id=vm.id, owner_id=vm.owner_id)
-            )
-        return told
-
-    def deliver(self, told: list[Event]) -> None:
-        self.events.deliver(told)
+            await self.events.add(s, "system-event", lifecycle, vm_id=vm.id, owner_id=vm.owner_id)

@@ -22,7 +22,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from voidvm_server.agent.port import AgentEvent, EventFeed, HostAgent, VMExited, VMPaused, VMSpec, VMStats
+from voidvm_server.agent.port import AgentEvent, EventFeed, HostAgent, VMExited, VMPaused, VMPlan, VMStats
 from voidvm_server.auth.principal import Principal
 from voidvm_server.config import Settings
 from voidvm_server.domain.models import VM, Image, ImageStatus, VMStatus
@@ -208,15 +208,14 @@ class VMService:
         lock = self._lock(vm.id)
         async with lock:
             try:
-                async with self.db.session() as s:
+                async with self.state.events.session() as s:
                     if not await UserRepository(s).reserve(principal.id, spec.cpu, spec.memory, spec.disk):
                         raise self._quota_error(principal)
                     await VMRepository(s).add(vm)
-                    told = await self.state.tell(s, vm, S.CREATING, None)
+                    await self.state.tell(s, vm, S.CREATING, None)
             except BaseException:
                 self._locks.pop(vm.id, None)
                 raise
-            self.state.deliver(told)
             if image.status is ImageStatus.DOWNLOADING:
                 starter = principal if spec.auto_start else None
                 self.tasks.spawn(self._finish_create_after_pull(vm, starter))
@@ -252,14 +251,12 @@ class VMService:
 
     async def _forget(self, vm: VM) -> None:
         """Undo a create that failed: no row, no quota, no files."""
-        told = []
-        async with self.db.session() as s:
+        async with self.state.events.session() as s:
             if await VMRepository(s).delete(vm.id):  # released once, even if a delete came first
                 await UserRepository(s).release(vm.owner_id, vm.cpu, vm.memory_mb, vm.disk_gb)
-                told = await self.state.tell_deleted(s, vm, None)
+                await self.state.tell_deleted(s, vm, None)
         await self.agent.destroy(vm.id)
         self._locks.pop(vm.id, None)
-        self.state.deliver(told)
 
     async def _finish_create_after_pull(self, vm: VM, starter: Principal | None) -> None:
         """Finish a create that waited for its image; `starter` asked for `auto_start`."""
@@ -332,7 +329,7 @@ class VMService:
                     raise ValidationError("disk", f"can only grow (currently {vm.disk_gb} GB)")
                 if disk is not None:
                     await self.reserve.check()
-            async with self.db.session() as s:
+            async with self.state.events.session() as s:
                 if hardware:
                     d_cpu = (cpu or vm.cpu) - vm.cpu
                     d_mem = (memory or vm.memory_mb) - vm.memory_mb
@@ -350,8 +347,8 @@ class VMService:
                 if updated is None:
                     raise vm_not_found(vm.id)
                 # Subscribers see renames and resizes too.
-                told = await self.state.tell(s, updated, updated.status, updated.status) if values else []
-            self.state.deliver(told)
+                if values:
+                    await self.state.tell(s, updated, updated.status, updated.status)
             return updated
 
     # -- actions -------------------------------------------------------------------------------
@@ -496,9 +493,9 @@ class VMService:
             if not port_recorded:
                 vm, note = await self._claim_ssh_port(vm, image)
                 reason = "; ".join(r for r in (reason, note) if r) or None
-            spec = VMSpec(vm.id, vm.cpu, vm.memory_mb, self.images.media(image), vm.ssh_port)
+            plan = VMPlan(vm.id, vm.cpu, vm.memory_mb, self.images.media(image), vm.ssh_port)
             await self._test_pause("before-spawn")
-            pid = await self.agent.start(spec)
+            pid = await self.agent.start(plan)
         except BaseException as exc:
             why = "internal error while starting"
             if isinstance(exc, VoidVMError):
@@ -592,13 +589,11 @@ class VMService:
     async def _remove(self, vm: VM) -> None:
         await self.agent.destroy(vm.id)
         await self._test_pause("after-delete-files")
-        told = []
-        async with self.db.session() as s:
+        async with self.state.events.session() as s:
             if await VMRepository(s).delete(vm.id):
                 await UserRepository(s).release(vm.owner_id, vm.cpu, vm.memory_mb, vm.disk_gb)
-                told = await self.state.tell_deleted(s, vm, S.DELETING)
+                await self.state.tell_deleted(s, vm, S.DELETING)
         self._crash_restarts.forget(vm.id)
-        self.state.deliver(told)
 
     # -- live data -----------------------------------------------------------------------------
     async def live_status(self, principal: Principal, vm_id: str) -> dict[str, Any]:
@@ -652,18 +647,23 @@ class VMService:
 
     async def _watch(self) -> None:
         while True:
-            self._on_host_event(await self._feed.next())
+            event = await self._feed.next()
+            try:
+                self.handle_host_event(event)
+            except Exception:  # one bad report must not end the watching of every VM
+                log.exception("Handling %s failed", event)
 
-    def _on_host_event(self, event: AgentEvent) -> None:
+    def handle_host_event(self, event: AgentEvent) -> None:
+        """What the host reported on its own: an exit or a pause (the watcher's, and tests')."""
         if isinstance(event, VMExited):
-            self._on_process_exit(event.vm_id, event.clean, event.reason)
+            self._on_process_exit(event.vm_id, event.pid, event.clean, event.reason)
         elif isinstance(event, VMPaused):
             self.tasks.spawn(self._record_pause(event.vm_id, event.reason))
 
-    def _on_process_exit(self, vm_id: str, clean: bool, reason: str) -> None:
+    def _on_process_exit(self, vm_id: str, pid: int, clean: bool, reason: str) -> None:
         if vm_id in self._expecting_exit:
             return  # the stop/restart/delete that asked for it records the outcome
-        self.tasks.spawn(self._record_exit(vm_id, clean, reason))
+        self.tasks.spawn(self._record_exit(vm_id, pid, clean, reason))
 
     async def _record_pause(self, vm_id: str, reason: str) -> None:
         """QEMU paused the guest itself (a disk write found the host's disk full)."""
@@ -684,18 +684,20 @@ class VMService:
                 log.warning("VM %s paused by the hypervisor: %s", vm_id, reason)
                 await self.state.set(vm_id, S.PAUSED, reason)
 
-    async def _record_exit(self, vm_id: str, clean: bool, reason: str) -> None:
+    async def _record_exit(self, vm_id: str, pid: int, clean: bool, reason: str) -> None:
         async with self._lock(vm_id):
             with self.recovery.resync_if_the_database_fails(vm_id):
-                await self._record_exit_locked(vm_id, clean, reason)
+                await self._record_exit_locked(vm_id, pid, clean, reason)
 
-    async def _record_exit_locked(self, vm_id: str, clean: bool, reason: str) -> None:
+    async def _record_exit_locked(self, vm_id: str, pid: int, clean: bool, reason: str) -> None:
         vm = await self.state.load(vm_id)
         if vm is None:
             self._locks.pop(vm_id, None)
             return
         if vm.status in {S.STOPPED, S.ERROR, S.DELETING}:
             return
+        if vm.pid is not None and vm.pid != pid:
+            return  # a late report of an earlier process: the VM was started again since
         if await self.agent.is_running(vm_id):
             return  # a late report: the VM was started again since that process ended
         values = {"pid": None, "started_at": None}  # the SSH port stays the VM's

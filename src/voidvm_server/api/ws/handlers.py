@@ -72,7 +72,7 @@ async def _subscribe(s: Session, data: SubscribeData, msg_id: MessageId) -> None
         )
         if target is not None:
             ack["vmId"] = target
-        ack["lastEventId"] = await s.container.events.last_id()
+        ack["lastEventId"] = s.container.events.delivered_id
     else:
         ack["interval"] = data.period
         if data.topic == "vm-metrics":

@@ -15,13 +15,14 @@ Guarantees per socket:
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable
 
 from voidvm_server.auth.principal import Principal
-from voidvm_server.errors import VoidVMError
 from voidvm_server.events.bus import Event
 from voidvm_server.services.event_log import REPLAY_LIMIT, EventLog
 
+log = logging.getLogger(__name__)
 EVENT_KINDS = frozenset({"vm-status", "system-event", "operation"})
 
 
@@ -140,20 +141,25 @@ class EventRouter:
         start = self._resume_from
         if start is None:
             return
-        try:
-            missed = await self.log.since(start)  # the newest REPLAY_LIMIT after `start`
-            oldest = await self.log.first_id()
-            newest = missed[-1].id if missed else await self.log.last_id()
-        except VoidVMError:  # the database is away: say that nothing could be replayed
-            missed, oldest, newest = [], 0, start
-            self._on_gap(start + 1, start + 1)
+        while True:
+            try:
+                missed = await self.log.since(start)  # the newest REPLAY_LIMIT after `start`
+                oldest = await self.log.first_id()
+                newest = missed[-1].id if missed else await self.log.last_id()
+            except Exception:  # the database is away: say that nothing could be replayed
+                log.warning("Reading the events to resume from %d failed", start, exc_info=True)
+                missed, oldest, newest = [], 0, start
+                self._on_gap(start + 1, start + 1)
+            if self._resume_from is None or self._resume_from >= start:
+                break
+            start = self._resume_from  # a subscribe from further back came in meanwhile: read again
         # No await from here on: live events stay held until the missed ones are out.
         self._resume_from = None
         held, self._held = self._held, []
         if len(missed) >= REPLAY_LIMIT and missed[0].id > start + 1:
             self._on_gap(start + 1, missed[0].id - 1)  # more than one resume sends
-        elif oldest > start + 1:
-            self._on_gap(start + 1, oldest - 1)  # pruned
+        elif start > 0 and oldest > start + 1:  # 0 asks for all there is: nothing is missing
+            self._on_gap(start + 1, oldest - 1)  # pruned (or before this database's first id)
         elif start > newest:
             self._on_gap(newest + 1, start)  # ids this database never handed out
         events = {e.id: e for e in missed if self.matches(e)}

@@ -116,7 +116,7 @@ class QemuDriver:
         self.qmp_timeout = qmp_timeout
         self.network = network or GuestNetwork()
         self._instances: dict[str, _Instance] = {}
-        self._on_exit: ExitHandler = lambda vm_id, clean, reason: None
+        self._on_exit: ExitHandler = lambda vm_id, pid, clean, reason: None
         self._on_pause: PauseHandler = lambda vm_id, reason: None
         self._on_console: ConsoleHandler = lambda vm_id, data: None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -354,7 +354,7 @@ class QemuDriver:
         clean = instance.expect_exit or instance.guest_shutdown
         reason = "powered off" if clean else "the QEMU process exited unexpectedly"
         log.info("VM %s process %d ended (%s)", instance.vm_id, instance.pid, reason)
-        self._on_exit(instance.vm_id, clean, reason)
+        self._on_exit(instance.vm_id, instance.pid, clean, reason)
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         task = asyncio.get_running_loop().create_task(coro)
