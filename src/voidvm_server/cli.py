@@ -64,7 +64,8 @@ def serve(
         port=port,
         allow_default_admin_password=allow_default_admin_password or None,
     )
-    lock = _lock_data_dir(settings.data_dir)  # first of all: before the database or any VM
+    # First of all, before the database or any VM; the host agent holds it when it runs apart.
+    lock = _lock_data_dir(settings.data_dir) if settings.agent_socket is None else None
     try:
         if not skip_tiny_image:
             try:
@@ -72,6 +73,21 @@ def serve(
             except Exception as exc:  # the server still runs; VMs then need an imported image
                 console.print(f"[yellow]Could not build the tiny guest image: {exc}[/yellow]")
         uvicorn.Server(serving_config(create_app(settings, data_dir_lock=lock), settings)).run()
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+@app.command()
+def agent(config: ConfigOption = None) -> None:
+    """Run the host agent: it owns this host's QEMU processes and serves the API processes on a
+    private unix socket (VOIDVM_AGENT_SOCKET, by default <data dir>/agent.sock)."""
+    from voidvm_server.agent.process import run_agent
+
+    settings = _settings(config)
+    lock = _lock_data_dir(settings.data_dir)  # the agent owns the VMs: one per data directory
+    try:
+        asyncio.run(run_agent(settings))
     finally:
         lock.release()
 
@@ -207,7 +223,7 @@ def image_build_tiny(
 @app.command()
 def doctor(config: ConfigOption = None) -> None:
     """Report what this host offers: QEMU, accelerator, guest network, data directory, database."""
-    from voidvm_server.api.app import guest_network
+    from voidvm_server.agent.host import guest_network
     from voidvm_server.drivers.qemu.images import QemuImg
     from voidvm_server.drivers.qemu.probe import kvm_device_usable, probe_accel, qemu_system_version
 

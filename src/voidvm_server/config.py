@@ -81,6 +81,8 @@ class Settings(BaseSettings):
 
     # Guest networking: one passt per VM, run as `guest_net_user` (when the server is root) inside
     # `guest_netns` (a name under /run/netns, as `ip netns` makes; None = the host's namespace).
+    # The host agent's socket (`voidvm-server agent`); None: the API runs the host in its own process.
+    agent_socket: Path | None = None
     passt_binary: str | None = None  # None: the one scripts/build-passt.sh installs, else PATH's
     guest_netns: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
     guest_net_user: str = Field(default="voidvm-net", pattern=r"^[a-z_][a-z0-9_-]{0,31}$")

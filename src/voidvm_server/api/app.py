@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from pathlib import Path
 
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
 from voidvm_server import __version__
-from voidvm_server.agent.local import LocalAgent
+from voidvm_server.agent.host import DriverFactory, build_agent
 from voidvm_server.api import docs, errors
 from voidvm_server.api.container import Container
 from voidvm_server.api.hosts import HostPolicy, hostname
@@ -28,12 +28,7 @@ from voidvm_server.auth.tokens import TokenService, load_or_create_secret
 from voidvm_server.config import Settings
 from voidvm_server.data_dir import prepare_data_dir
 from voidvm_server.data_dir_lock import DataDirLock
-from voidvm_server.drivers.base import Driver
-from voidvm_server.drivers.console_log import ConsoleLimits
-from voidvm_server.drivers.qemu.driver import QemuDriver
-from voidvm_server.drivers.qemu.guest_network import GuestNetwork
 from voidvm_server.drivers.qemu.images import QemuImg
-from voidvm_server.drivers.qemu.probe import choose_accel
 from voidvm_server.events.bus import EventBus
 from voidvm_server.persistence.engine import Database
 from voidvm_server.services.audit import AuditLog
@@ -55,40 +50,15 @@ from voidvm_server.services.vms import VMService
 
 log = logging.getLogger(__name__)
 API_PREFIX = "/api/v1"
-DriverFactory = Callable[[Settings, Path], Driver]
 
 
 class DefaultPasswordRefused(RuntimeError):
     pass
 
 
-def guest_network(settings: Settings) -> GuestNetwork:
-    return GuestNetwork(
-        passt_binary=settings.passt_binary,
-        netns=settings.guest_netns,
-        user=settings.guest_net_user,
-        allow_unfenced=settings.guest_network_unfenced,
-    )
-
-
 def host_names(settings: Settings) -> frozenset[str]:
     # An entry written with a port or a trailing dot still names its host.
     return frozenset(hostname(name) or name for name in settings.answered_hosts)
-
-
-async def build_driver(settings: Settings, qemu_version: str) -> Driver:
-    accel = await choose_accel(settings.accel, settings.qemu_binary, qemu_version, settings.data_dir)
-    network = guest_network(settings)
-    await network.prepare()  # before any VM starts or is re-attached
-    return QemuDriver(
-        settings.data_dir,
-        accel=accel,
-        binary=settings.qemu_binary,
-        qemu_img=QemuImg(settings.qemu_img_binary),
-        qmp_timeout=settings.qmp_timeout_seconds,
-        console=ConsoleLimits(settings.console_log_max_bytes, settings.console_replay_bytes),
-        network=network,
-    )
 
 
 def disk_reserve(settings: Settings) -> DiskReserve:
@@ -108,12 +78,7 @@ async def build_container(settings: Settings, driver_factory: DriverFactory | No
     )
     qemu_img = QemuImg(settings.qemu_img_binary)
     qemu_version = await qemu_img.version()
-    driver = (
-        driver_factory(settings, settings.data_dir)
-        if driver_factory
-        else await build_driver(settings, qemu_version)
-    )
-    agent = LocalAgent(driver, images_root=settings.data_dir / "images")
+    agent = await build_agent(settings, qemu_version, driver_factory)
     bus = EventBus()
     events = EventLog(db, bus)
     limiter = RateLimiter(settings.redis_url, settings.redis_prefix)
@@ -226,8 +191,11 @@ def create_app(
     driver_factory: DriverFactory | None = None,
     data_dir_lock: DataDirLock | None = None,
 ) -> FastAPI:
-    """The app; its lifespan holds `data_dir_lock` (taken here when not given) while it runs."""
-    lock = data_dir_lock if data_dir_lock is not None else DataDirLock(settings.data_dir)
+    """The app; its lifespan holds `data_dir_lock` (taken here when not given) while it runs,
+    unless the host agent runs apart (`agent_socket`): the agent holds it then."""
+    lock: contextlib.AbstractContextManager[object] = contextlib.nullcontext()
+    if settings.agent_socket is None:
+        lock = data_dir_lock if data_dir_lock is not None else DataDirLock(settings.data_dir)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
