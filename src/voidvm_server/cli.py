@@ -20,7 +20,7 @@ from voidvm_server import __version__
 from voidvm_server.auth.passwords import PasswordHashing
 from voidvm_server.config import Settings, load_settings
 from voidvm_server.data_dir import prepare_data_dir
-from voidvm_server.data_dir_lock import DataDirInUseError, DataDirLock
+from voidvm_server.data_dir_lock import API_LOCK_FILE, LOCK_FILE, DataDirInUseError, DataDirLock
 from voidvm_server.domain.models import Role, User, UserStatus
 from voidvm_server.logging_setup import configure_logging
 from voidvm_server.persistence.engine import Database, downgrade
@@ -64,8 +64,8 @@ def serve(
         port=port,
         allow_default_admin_password=allow_default_admin_password or None,
     )
-    # First of all, before the database or any VM; the host agent holds it when it runs apart.
-    lock = _lock_data_dir(settings.data_dir) if settings.agent_socket is None else None
+    # First of all, before the database or any VM; with the host agent apart, the API's own lock.
+    lock = _lock_data_dir(settings.data_dir, LOCK_FILE if settings.agent_socket is None else API_LOCK_FILE)
     try:
         if not skip_tiny_image:
             try:
@@ -74,8 +74,7 @@ def serve(
                 console.print(f"[yellow]Could not build the tiny guest image: {exc}[/yellow]")
         uvicorn.Server(serving_config(create_app(settings, data_dir_lock=lock), settings)).run()
     finally:
-        if lock is not None:
-            lock.release()
+        lock.release()
 
 
 @app.command()
@@ -92,9 +91,9 @@ def agent(config: ConfigOption = None) -> None:
         lock.release()
 
 
-def _lock_data_dir(data_dir: Path) -> DataDirLock:
+def _lock_data_dir(data_dir: Path, name: str = LOCK_FILE) -> DataDirLock:
     """The data directory's lock, taken; or exit 1 naming the server that holds it."""
-    lock = DataDirLock(data_dir)
+    lock = DataDirLock(data_dir, name)
     try:
         lock.acquire()
     except DataDirInUseError as exc:

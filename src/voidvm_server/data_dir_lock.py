@@ -18,6 +18,9 @@ from pathlib import Path
 from types import TracebackType
 
 LOCK_FILE = "voidvm.lock"
+# With the host agent apart (VOIDVM_AGENT_SOCKET), the agent holds LOCK_FILE and `serve` this one:
+# still one API server per data directory until its workers share what they must.
+API_LOCK_FILE = "voidvm-api.lock"
 
 
 class DataDirInUseError(RuntimeError):
@@ -36,9 +39,9 @@ class DataDirInUseError(RuntimeError):
 class DataDirLock:
     """The exclusive lock of one data directory, held from `acquire` to the matching `release`."""
 
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, name: str = LOCK_FILE) -> None:
         self.data_dir = data_dir.resolve()
-        self.path = self.data_dir / LOCK_FILE
+        self.path = self.data_dir / name
         self._fd: int | None = None
         self._holds = 0
 

@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.integration.conftest import poll
 from voidvm_server.agent import wire
 from voidvm_server.agent.local import LocalAgent
-from voidvm_server.agent.port import ConsoleOutput, ImageRef, VMExited, VMPlan
+from voidvm_server.agent.port import ConsoleOutput, HostReconnected, ImageRef, VMExited, VMPlan
 from voidvm_server.agent.remote import RemoteAgent
 from voidvm_server.agent.server import AgentServer
 from voidvm_server.drivers.fake import FakeDriver
@@ -23,6 +24,8 @@ from voidvm_server.errors import (
     InvalidStateError,
     StorageError,
 )
+from voidvm_server.events.bus import EventBus
+from voidvm_server.services.console import ConsoleHub
 
 IMAGE = ImageRef("img-tiny", "kernel", {"kernel": "vmlinuz"}, "console=ttyS0")
 
@@ -106,3 +109,56 @@ async def test_calls_fail_as_unavailable_while_the_agent_is_away_and_work_once_i
 async def test_a_vnc_stream_of_a_vm_without_a_screen_is_a_clear_error(pair: Pair) -> None:
     with pytest.raises(DriverError, match="display is not reachable"):
         await pair.remote.open_vnc("vm-none")
+
+
+async def restart_agent(pair: Pair, tmp_path: Path) -> None:
+    """As a new agent process would: a new LocalAgent over the same host (the VMs live on)."""
+    await pair.server.close()
+    pair.server = AgentServer(LocalAgent(pair.driver, images_root=tmp_path / "images"), pair.server.path)
+    await pair.server.start()
+
+
+async def test_after_the_agent_was_away_subscribers_are_told_so(pair: Pair, tmp_path: Path) -> None:
+    feed = pair.remote.subscribe()
+    await restart_agent(pair, tmp_path)
+    async with asyncio.timeout(5):
+        assert await feed.next() == HostReconnected()
+    feed.close()
+
+
+async def seen(viewer: Viewer, tail: bytes) -> bool:
+    return viewer.seen.endswith(tail)
+
+
+class Viewer:
+    def __init__(self) -> None:
+        self.seen = b""
+
+    def on_output(self, data: bytes) -> None:
+        self.seen += data
+
+    def on_closed(self, code: str, reason: str) -> None:
+        pass
+
+
+async def test_a_console_viewer_sees_the_output_of_a_new_agent_counted_from_zero(
+    pair: Pair, tmp_path: Path
+) -> None:
+    hub = ConsoleHub(pair.remote, EventBus())
+    hub.start()
+    try:
+        await pair.remote.start(VMPlan("vm-5", 1, 128, IMAGE, None))
+        pair.driver.guest_prints("vm-5", b"x" * 100)
+        viewer = Viewer()
+        viewer.seen = await hub.attach("vm-5", viewer)  # the replay holds up to position 100
+        assert viewer.seen == b"x" * 100
+        feed = pair.remote.subscribe()
+        await restart_agent(pair, tmp_path)
+        async with asyncio.timeout(5):  # the events are back, and the hub heard so too
+            assert await feed.next() == HostReconnected()
+        await asyncio.sleep(0.05)
+        pair.driver.guest_prints("vm-5", b"after")  # the new agent counts from 0: end = 5
+        await poll(lambda: seen(viewer, b"after"), timeout=5, interval=0.01, what="the new agent's output")
+        assert viewer.seen == b"x" * 100 + b"after"
+    finally:
+        await hub.close()

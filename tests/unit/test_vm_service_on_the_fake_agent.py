@@ -16,7 +16,7 @@ import pytest
 from tests.conftest import make_settings
 from tests.integration.conftest import poll
 from voidvm_server.agent.local import LocalAgent
-from voidvm_server.agent.port import ConsoleOutput, VMExited
+from voidvm_server.agent.port import ConsoleOutput, HostReconnected, VMExited
 from voidvm_server.api.app import disk_reserve
 from voidvm_server.auth.principal import Principal
 from voidvm_server.domain.models import VM, Quota, Role, Usage, User, UserStatus, VMStatus
@@ -85,8 +85,8 @@ async def kit(tmp_path: Path) -> AsyncIterator[Kit]:
         await db.close()
 
 
-async def running_vm(kit: Kit) -> str:
-    vm = await kit.vms.create(kit.owner, VMCreate(name="web", cpu=1, memory=128, disk=1))
+async def running_vm(kit: Kit, name: str = "web") -> str:
+    vm = await kit.vms.create(kit.owner, VMCreate(name=name, cpu=1, memory=128, disk=1))
     await kit.vms.action(kit.owner, vm.id, "start")
     return vm.id
 
@@ -153,6 +153,20 @@ async def test_a_late_exit_of_an_earlier_process_never_hides_the_crash_of_the_cu
     await kit.vms.tasks.wait_idle()
     vm = await kit.vms.state.reload(vm_id)
     assert (vm.status, vm.status_reason) == (VMStatus.ERROR, "the QEMU process exited unexpectedly")
+
+
+async def test_a_vm_whose_qemu_ended_while_the_agent_was_away_turns_error(kit: Kit) -> None:
+    gone, alive = await running_vm(kit), await running_vm(kit, "db")
+    kit.driver.running.pop(gone)  # ended, and nobody was there to report it
+    kit.driver.pids.pop(gone)
+    kit.vms.handle_host_event(HostReconnected())
+    await kit.vms.tasks.wait_idle()
+    vm = await kit.vms.state.reload(gone)
+    assert (vm.status, vm.status_reason) == (
+        VMStatus.ERROR,
+        "the QEMU process ended while the host agent was away",
+    )
+    assert (await kit.vms.state.reload(alive)).status is VMStatus.RUNNING
 
 
 async def test_a_pause_the_host_reports_is_recorded_with_its_reason(kit: Kit) -> None:

@@ -21,6 +21,11 @@ class Feed:
     def close(self) -> None:
         self._fanout.drop(self)
 
+    @property
+    def backlog(self) -> int:
+        """Events published to this feed and not read yet."""
+        return self._queue.qsize()
+
 
 class EventFanout:
     """Publishing never blocks: a subscriber's queue is unbounded, and each reads its own in

@@ -21,6 +21,7 @@ __all__ = [
     "ConsoleOutput",
     "EventFeed",
     "HostAgent",
+    "HostReconnected",
     "ImageRef",
     "VMExited",
     "VMPaused",
@@ -81,7 +82,13 @@ class ConsoleOutput:
     end: int
 
 
-AgentEvent = VMExited | VMPaused | ConsoleOutput
+@dataclass(frozen=True)
+class HostReconnected:
+    """The host came back after a time its events could not be heard (an agent restarted):
+    exits of that time may be missed, and console positions start again from 0."""
+
+
+AgentEvent = VMExited | VMPaused | ConsoleOutput | HostReconnected
 
 
 class EventFeed(Protocol):

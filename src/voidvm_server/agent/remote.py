@@ -18,7 +18,7 @@ from typing import Any
 
 from voidvm_server.agent import wire
 from voidvm_server.agent.events import EventFanout, Feed
-from voidvm_server.agent.port import ImageRef, VMPlan, VMStats
+from voidvm_server.agent.port import HostReconnected, ImageRef, VMPlan, VMStats
 from voidvm_server.errors import HypervisorUnavailableError
 
 log = logging.getLogger(__name__)
@@ -26,6 +26,26 @@ log = logging.getLogger(__name__)
 
 def unreachable() -> HypervisorUnavailableError:
     return HypervisorUnavailableError("The host agent is not reachable")
+
+
+class _Connection:
+    """One `rpc` connection and the calls waiting on it: they fail with it, and only with it."""
+
+    def __init__(self, writer: asyncio.StreamWriter) -> None:
+        self.writer = writer
+        self.waiting: dict[int, asyncio.Future[Any]] = {}
+        self.reader: asyncio.Task[None] | None = None
+
+    @property
+    def usable(self) -> bool:
+        return not self.writer.is_closing()
+
+    def end(self) -> None:
+        self.writer.close()
+        waiting, self.waiting = self.waiting, {}
+        for waiter in waiting.values():
+            if not waiter.done():
+                waiter.set_exception(unreachable())
 
 
 class RemoteAgent:
@@ -36,17 +56,22 @@ class RemoteAgent:
         self.accel = "unknown"
         self._fanout = EventFanout()
         self._ids = itertools.count(1)
-        self._waiting: dict[int, asyncio.Future[Any]] = {}
-        self._writer: asyncio.StreamWriter | None = None
-        self._reader_task: asyncio.Task[None] | None = None
+        self._rpc: _Connection | None = None
         self._events_task: asyncio.Task[None] | None = None
+        self._subscribed = asyncio.Event()  # the events connection is up and subscribed
         self._connecting = asyncio.Lock()
 
     async def connect(self) -> None:
-        """Reach the agent (it must be up) and start listening to its events."""
+        """Reach the agent (it must be up) and subscribe to its events: once this returns, no
+        event is missed while the agent stays up."""
         await self._ensure_rpc()
         if self._events_task is None:
             self._events_task = asyncio.create_task(self._follow_events(), name="agent-events")
+        try:
+            async with asyncio.timeout(self.connect_timeout):
+                await self._subscribed.wait()
+        except TimeoutError:
+            raise unreachable() from None
 
     async def _open(self, hello: dict[str, Any]) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         try:
@@ -58,10 +83,10 @@ class RemoteAgent:
         return reader, writer
 
     # -- calls ---------------------------------------------------------------------------------
-    async def _ensure_rpc(self) -> asyncio.StreamWriter:
+    async def _ensure_rpc(self) -> _Connection:
         async with self._connecting:
-            if self._writer is not None and not self._writer.is_closing():
-                return self._writer
+            if self._rpc is not None and self._rpc.usable:
+                return self._rpc
             reader, writer = await self._open({"stream": "rpc"})
             try:
                 async with asyncio.timeout(self.connect_timeout):
@@ -69,15 +94,17 @@ class RemoteAgent:
             except (OSError, TimeoutError, ValueError, KeyError):
                 writer.close()
                 raise unreachable() from None
-            self._writer = writer
-            self._reader_task = asyncio.create_task(self._read_answers(reader), name="agent-answers")
-            return writer
+            connection = self._rpc = _Connection(writer)
+            connection.reader = asyncio.create_task(
+                self._read_answers(reader, connection), name="agent-answers"
+            )
+            return connection
 
-    async def _read_answers(self, reader: asyncio.StreamReader) -> None:
+    async def _read_answers(self, reader: asyncio.StreamReader, connection: _Connection) -> None:
         try:
             while line := await reader.readline():
                 answer = wire.loads(line)
-                waiter = self._waiting.pop(int(answer.get("id") or 0), None)
+                waiter = connection.waiting.pop(int(answer.get("id") or 0), None)
                 if waiter is None or waiter.done():
                     continue
                 if "error" in answer:
@@ -87,29 +114,19 @@ class RemoteAgent:
         except (OSError, ValueError):
             pass
         finally:
-            self._lost()
-
-    def _lost(self) -> None:
-        """The connection ended: every call in flight fails; the next call connects again."""
-        if self._writer is not None:
-            self._writer.close()
-            self._writer = None
-        waiting, self._waiting = self._waiting, {}
-        for waiter in waiting.values():
-            if not waiter.done():
-                waiter.set_exception(unreachable())
+            connection.end()  # its calls fail; the next call connects again
 
     async def _call(self, method: str, **params: Any) -> Any:
-        writer = await self._ensure_rpc()
+        connection = await self._ensure_rpc()
         call_id = next(self._ids)
         waiter: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._waiting[call_id] = waiter
+        connection.waiting[call_id] = waiter
         try:
-            writer.write(wire.dumps({"id": call_id, "method": method, "params": params}))
-            await writer.drain()
+            connection.writer.write(wire.dumps({"id": call_id, "method": method, "params": params}))
+            await connection.writer.drain()
         except OSError:
-            self._waiting.pop(call_id, None)
-            self._lost()
+            connection.waiting.pop(call_id, None)
+            connection.end()
             raise unreachable() from None
         return await waiter
 
@@ -118,17 +135,30 @@ class RemoteAgent:
         return self._fanout.subscribe()
 
     async def _follow_events(self) -> None:
+        """Follow the agent's events for good. After a time without them, HostReconnected tells
+        the subscribers that they may have missed some (the services then check again)."""
+        heard_before = False
         while True:
             try:
                 reader, writer = await self._open({"stream": "events"})
                 try:
+                    async with asyncio.timeout(self.connect_timeout):
+                        if not wire.loads(await reader.readline()).get("ok"):
+                            raise ValueError("the agent refused the subscription")
+                    self._subscribed.set()
+                    if heard_before:
+                        log.info("The host agent's events are back")
+                        self._fanout.publish(HostReconnected())
+                    heard_before = True
                     while line := await reader.readline():
                         self._fanout.publish(wire.unpack_event(wire.loads(line)))
                 finally:
                     writer.close()
-            except (HypervisorUnavailableError, OSError, ValueError, KeyError):
+            except (HypervisorUnavailableError, OSError, TimeoutError, ValueError, KeyError):
                 pass
-            log.warning("Lost the host agent's events; trying again")
+            if self._subscribed.is_set():
+                log.warning("Lost the host agent's events; trying again every %g s", self.retry)
+                self._subscribed.clear()
             await asyncio.sleep(self.retry)
 
     # -- the port ------------------------------------------------------------------------------
@@ -210,10 +240,13 @@ class RemoteAgent:
         return reader, writer
 
     async def close(self) -> None:
-        for task in (self._events_task, self._reader_task):
+        connection, self._rpc = self._rpc, None
+        tasks = [self._events_task, connection.reader if connection else None]
+        for task in tasks:
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-        self._events_task = self._reader_task = None
-        self._lost()
+        self._events_task = None
+        if connection is not None:
+            connection.end()

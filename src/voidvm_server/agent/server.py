@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,11 @@ from voidvm_server.errors import DriverError, VoidVMError
 
 log = logging.getLogger(__name__)
 PIPE_CHUNK = 64 * 1024
+CLOSE_SECONDS = 10.0  # how long a stopping agent lets calls under way finish
+# Events a subscriber may fall behind by before it is cut off: it connects again and the API
+# re-checks its running VMs (HostReconnected), rather than the agent holding a stalled API's
+# console output without bound.
+MAX_BACKLOG = 10_000
 
 
 class AgentServer:
@@ -32,24 +38,26 @@ class AgentServer:
 
     async def start(self) -> None:
         self.path.unlink(missing_ok=True)
-        previous = os.umask(0o177)  # the socket is born 0600: no moment where others could connect
-        try:
-            self._server = await asyncio.start_unix_server(
-                self._serve, path=str(self.path), limit=wire.MAX_LINE
-            )
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        previous = os.umask(0o177)  # born 0600, so no moment where others could connect; bound
+        try:  # without an await in between, as the umask is the whole process's
+            listener.bind(str(self.path))
         finally:
             os.umask(previous)
-        os.chmod(self.path, 0o600)
+        listener.listen(128)
+        self._server = await asyncio.start_unix_server(self._serve, sock=listener, limit=wire.MAX_LINE)
 
     async def close(self) -> None:
+        """Stop taking calls; answer those under way (for up to CLOSE_SECONDS), then hang up."""
         if self._server is not None:
             self._server.close()
-            for writer in list(self._connections):  # callers see the agent go, as on its exit
-                writer.close()
+        if self._calls:
+            await asyncio.wait(set(self._calls), timeout=CLOSE_SECONDS)
+        for writer in list(self._connections):  # callers see the agent go, as on its exit
+            writer.close()
+        if self._server is not None:
             await self._server.wait_closed()
             self._server = None
-        if self._calls:
-            await asyncio.gather(*self._calls, return_exceptions=True)
         self.path.unlink(missing_ok=True)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -128,9 +136,14 @@ class AgentServer:
     # -- events and the screen -----------------------------------------------------------------
     async def _events(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         feed = self.agent.subscribe()
+        writer.write(wire.dumps({"ok": True}))  # subscribed: nothing from here on is missed
+        await writer.drain()
         gone = asyncio.create_task(reader.read())  # EOF: the subscriber went away
         try:
             while not gone.done():
+                if feed.backlog > MAX_BACKLOG:
+                    log.warning("An events subscriber fell %d events behind; cutting it off", feed.backlog)
+                    break
                 waiting = asyncio.create_task(feed.next())
                 await asyncio.wait({waiting, gone}, return_when=asyncio.FIRST_COMPLETED)
                 if not waiting.done():

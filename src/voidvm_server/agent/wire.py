@@ -1,8 +1,9 @@
 """How the HostAgent port's values cross the agent's socket: one JSON document per line.
 
-A connection starts with a hello line naming what it is for: `rpc` (calls and their answers,
-matched by id, many at once), `events` (the agent's events, pushed), or `vnc` (one VM's screen:
-after the agent's `{"ok": true}`, raw RFB bytes both ways). Bytes travel as base64. Errors travel
+A connection starts with a hello line naming what it is for: `rpc` (the agent answers with its
+accelerator, then calls and their answers, matched by id, many at once), `events` (the agent
+answers `{"ok": true}` once subscribed, then pushes its events), or `vnc` (one VM's screen: after
+the agent's `{"ok": true}`, raw RFB bytes both ways). Bytes travel as base64. Errors travel
 as the class of VoidVM's error tree they are (only the ones a host can raise) with code, message
 and details, so a caller catches them exactly as it would in one process.
 """
@@ -14,7 +15,16 @@ import dataclasses
 import json
 from typing import Any
 
-from voidvm_server.agent.port import AgentEvent, ConsoleOutput, ImageRef, VMExited, VMPaused, VMPlan, VMStats
+from voidvm_server.agent.port import (
+    AgentEvent,
+    ConsoleOutput,
+    HostReconnected,
+    ImageRef,
+    VMExited,
+    VMPaused,
+    VMPlan,
+    VMStats,
+)
 from voidvm_server.errors import (
     DriverError,
     HypervisorTimeoutError,
@@ -64,7 +74,12 @@ def pack_plan(plan: VMPlan) -> dict[str, Any]:
     return dataclasses.asdict(plan)
 
 
+FORMATS = frozenset({"qcow2", "raw", "iso", "kernel"})
+
+
 def unpack_image(data: dict[str, Any]) -> ImageRef:
+    if data.get("format") not in FORMATS:
+        raise ValueError("unknown image format")
     files = data["files"]
     if not isinstance(files, dict) or not all(isinstance(v, str) for v in files.values()):
         raise ValueError("image files are names")
@@ -86,6 +101,8 @@ def unpack_stats(data: dict[str, Any]) -> VMStats:
 
 
 def pack_event(event: AgentEvent) -> dict[str, Any]:
+    if isinstance(event, HostReconnected):
+        raise ValueError("a client's own event: it never crosses the socket")
     if isinstance(event, ConsoleOutput):
         return {"type": "console", "vm_id": event.vm_id, "data": pack_bytes(event.data), "end": event.end}
     if isinstance(event, VMExited):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -27,7 +26,7 @@ from voidvm_server.auth.passwords import PasswordHashing
 from voidvm_server.auth.tokens import TokenService, load_or_create_secret
 from voidvm_server.config import Settings
 from voidvm_server.data_dir import prepare_data_dir
-from voidvm_server.data_dir_lock import DataDirLock
+from voidvm_server.data_dir_lock import API_LOCK_FILE, LOCK_FILE, DataDirLock
 from voidvm_server.drivers.qemu.images import QemuImg
 from voidvm_server.events.bus import EventBus
 from voidvm_server.persistence.engine import Database
@@ -191,11 +190,11 @@ def create_app(
     driver_factory: DriverFactory | None = None,
     data_dir_lock: DataDirLock | None = None,
 ) -> FastAPI:
-    """The app; its lifespan holds `data_dir_lock` (taken here when not given) while it runs,
-    unless the host agent runs apart (`agent_socket`): the agent holds it then."""
-    lock: contextlib.AbstractContextManager[object] = contextlib.nullcontext()
-    if settings.agent_socket is None:
-        lock = data_dir_lock if data_dir_lock is not None else DataDirLock(settings.data_dir)
+    """The app; its lifespan holds `data_dir_lock` (taken here when not given) while it runs: the
+    data directory's, or the API's own when the host agent runs apart (`agent_socket`)."""
+    lock = data_dir_lock
+    if lock is None:
+        lock = DataDirLock(settings.data_dir, LOCK_FILE if settings.agent_socket is None else API_LOCK_FILE)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from voidvm_server.agent.port import ConsoleOutput, EventFeed, HostAgent
+from voidvm_server.agent.port import ConsoleOutput, EventFeed, HostAgent, HostReconnected
 from voidvm_server.errors import InvalidStateError
 from voidvm_server.events.bus import Event, EventBus
 
@@ -49,6 +49,11 @@ class _Attachment:
         elif chunk.end > self.held:  # replays end on a chunk's end: a chunk is all new or all held
             self.viewer.on_output(chunk.data)
 
+    def host_came_back(self) -> None:
+        """A new agent counts the VM's output from 0 again: everything it sends is new."""
+        if self.held is not None:
+            self.held = 0
+
     def replay(self, recent: bytes, held: int) -> bytes:
         """What the viewer shows first: the replay, then what arrived while it was fetched."""
         self.held = held
@@ -73,6 +78,11 @@ class ConsoleHub:
     async def _read(self, feed: EventFeed) -> None:
         while True:
             event = await feed.next()
+            if isinstance(event, HostReconnected):
+                for attachments in self._viewers.values():
+                    for attached in attachments:
+                        attached.host_came_back()
+                continue
             if not isinstance(event, ConsoleOutput):
                 continue
             for attached in list(self._viewers.get(event.vm_id, ())):

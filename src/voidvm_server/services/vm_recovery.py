@@ -91,6 +91,24 @@ class VMRecovery:
                 if image.status is not ImageStatus.DOWNLOADING:
                     await self.svc._forget(vm)
 
+    # -- after the host was away -------------------------------------------------------------
+    async def recheck_running(self) -> None:
+        """The host agent was away (it restarted): a VM whose QEMU ended meanwhile was never
+        reported. Each running or paused VM is checked under its lock, as an exit would be."""
+        async with self.svc.db.reading() as s:
+            vms = [vm for vm in await VMRepository(s).all() if vm.status in {S.RUNNING, S.PAUSED}]
+        for vm in vms:
+            async with self.svc._lock(vm.id):
+                with self.resync_if_the_database_fails(vm.id):
+                    current = await self.svc.state.load(vm.id)
+                    if current is None or current.status not in {S.RUNNING, S.PAUSED}:
+                        continue
+                    if await self.svc.agent.is_running(vm.id):
+                        continue
+                    why = "the QEMU process ended while the host agent was away"
+                    log.warning("VM %s: %s", vm.id, why)
+                    await self.svc.state.set(vm.id, S.ERROR, why, pid=None, started_at=None)
+
     async def _finish_interrupted_create(self, vm: VM) -> None:
         """A create the server did not see through: its row and quota are there, maybe a disk."""
         if await self.svc.agent.has_disk(vm.id):  # complete: disks are renamed into place when whole

@@ -22,7 +22,16 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from voidvm_server.agent.port import AgentEvent, EventFeed, HostAgent, VMExited, VMPaused, VMPlan, VMStats
+from voidvm_server.agent.port import (
+    AgentEvent,
+    EventFeed,
+    HostAgent,
+    HostReconnected,
+    VMExited,
+    VMPaused,
+    VMPlan,
+    VMStats,
+)
 from voidvm_server.auth.principal import Principal
 from voidvm_server.config import Settings
 from voidvm_server.domain.models import VM, Image, ImageStatus, VMStatus
@@ -659,6 +668,8 @@ class VMService:
             self._on_process_exit(event.vm_id, event.pid, event.clean, event.reason)
         elif isinstance(event, VMPaused):
             self.tasks.spawn(self._record_pause(event.vm_id, event.reason))
+        elif isinstance(event, HostReconnected):
+            self.tasks.spawn(self.recovery.recheck_running())
 
     def _on_process_exit(self, vm_id: str, pid: int, clean: bool, reason: str) -> None:
         if vm_id in self._expecting_exit:
