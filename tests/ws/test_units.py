@@ -300,3 +300,15 @@ async def test_closing_a_socket_whose_client_went_first_is_quiet() -> None:
 
     await deadline.close(socket_that(gone, aborts), 1000, "bye", 0.05)
     assert aborts == []
+
+
+async def test_a_failing_listener_never_reaches_the_writer_nor_the_other_listeners(log: EventLog) -> None:
+    heard: list[int] = []
+
+    def broken(event: Event) -> None:
+        raise RuntimeError("a listener's bug")
+
+    log.bus.listen(broken)
+    log.bus.listen(lambda event: heard.append(event.id))
+    event = await _status(log, "vm-1", "usr-a", "running")  # returns: the change is written
+    assert heard == [event.id]

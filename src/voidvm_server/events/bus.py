@@ -8,6 +8,7 @@ database by id).
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -25,6 +26,7 @@ class Event:
 
 
 Listener = Callable[[Event], None]
+log = logging.getLogger(__name__)
 
 
 class EventBus:
@@ -32,8 +34,13 @@ class EventBus:
         self._listeners: set[Listener] = set()
 
     def deliver(self, event: Event) -> None:
+        """Hand `event` to every listener. It is written already: one listener's failure is
+        logged and never reaches the writer, nor keeps the event from the other listeners."""
         for listener in list(self._listeners):
-            listener(event)
+            try:
+                listener(event)
+            except Exception:
+                log.exception("A listener of event %d failed", event.id)
 
     def listen(self, listener: Listener) -> Callable[[], None]:
         self._listeners.add(listener)
