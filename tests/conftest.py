@@ -142,6 +142,19 @@ class Api:
         return user
 
 
+class ConsoleViewer:
+    """A ConsoleHub viewer that keeps everything it is shown."""
+
+    def __init__(self) -> None:
+        self.seen = b""
+
+    def on_output(self, data: bytes) -> None:
+        self.seen += data
+
+    def on_closed(self, code: str, reason: str) -> None:
+        pass
+
+
 def auth(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import ConsoleViewer as Viewer
 from tests.conftest import make_settings
 from tests.integration.conftest import poll
 from voidvm_server.agent.local import LocalAgent
@@ -89,17 +90,6 @@ async def running_vm(kit: Kit, name: str = "web") -> str:
     vm = await kit.vms.create(kit.owner, VMCreate(name=name, cpu=1, memory=128, disk=1))
     await kit.vms.action(kit.owner, vm.id, "start")
     return vm.id
-
-
-class Viewer:
-    def __init__(self) -> None:
-        self.seen = b""
-
-    def on_output(self, data: bytes) -> None:
-        self.seen += data
-
-    def on_closed(self, code: str, reason: str) -> None:
-        pass
 
 
 async def status_becomes(kit: Kit, vm_id: str, status: VMStatus) -> VM:

@@ -24,6 +24,7 @@ from voidvm_server.events.bus import Event, EventBus
 from voidvm_server.persistence.engine import Database
 from voidvm_server.persistence.events import EventRepository
 from voidvm_server.services.clock import now
+from voidvm_server.services.tasks import every
 
 log = logging.getLogger(__name__)
 PRUNE_EVERY_SECONDS = 3600.0
@@ -88,15 +89,8 @@ class EventLog:
     # -- retention ---------------------------------------------------------------------------
     def start_pruning(self) -> None:
         if self._pruner is None:
-            self._pruner = asyncio.create_task(self._prune_now_and_then(), name="event-pruner")
-
-    async def _prune_now_and_then(self) -> None:
-        while True:
-            try:
-                await self.prune()
-            except Exception:  # the database is away: the next round tries again
-                log.warning("Pruning old events failed", exc_info=True)
-            await asyncio.sleep(PRUNE_EVERY_SECONDS)
+            pruning = every(PRUNE_EVERY_SECONDS, self.prune, "Pruning old events")
+            self._pruner = asyncio.create_task(pruning, name="event-pruner")
 
     async def prune(self) -> int:
         async with self.db.session() as s:

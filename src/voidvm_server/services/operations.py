@@ -30,7 +30,7 @@ from voidvm_server.persistence.operations import OperationRepository
 from voidvm_server.services.clock import iso, now
 from voidvm_server.services.event_log import EventLog
 from voidvm_server.services.ids import is_valid_id, new_id
-from voidvm_server.services.tasks import BackgroundTasks
+from voidvm_server.services.tasks import BackgroundTasks, every
 
 log = logging.getLogger(__name__)
 MAX_WAIT_SECONDS = 60.0
@@ -285,15 +285,8 @@ class OperationService:
         """Prune finished operations older than the retention now and then (hourly). A task of
         the service's own, like the monitor's: it runs for good, so it is no background work that
         `BackgroundTasks.wait_idle` would wait for."""
-        self._pruner = asyncio.get_running_loop().create_task(self._prune_now_and_then(), name="operations")
-
-    async def _prune_now_and_then(self) -> None:
-        while True:
-            try:
-                await self.prune()
-            except Exception:  # the database is away: the next round tries again
-                log.warning("Pruning old operations failed", exc_info=True)
-            await asyncio.sleep(PRUNE_EVERY_SECONDS)
+        pruning = every(PRUNE_EVERY_SECONDS, self.prune, "Pruning old operations")
+        self._pruner = asyncio.get_running_loop().create_task(pruning, name="operations")
 
     async def prune(self) -> int:
         async with self.db.session() as s:

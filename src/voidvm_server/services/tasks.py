@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from voidvm_server.errors import VoidVMError
@@ -51,3 +51,15 @@ class BackgroundTasks:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def every(seconds: float, work: Callable[[], Awaitable[object]], what: str) -> None:
+    """Run `work` now, then every `seconds`, for good (a service's own housekeeping task, which
+    `wait_idle` must not wait on). A failed round, the database away say, is logged; the next
+    round tries again."""
+    while True:
+        try:
+            await work()
+        except Exception:
+            log.warning("%s failed", what, exc_info=True)
+        await asyncio.sleep(seconds)

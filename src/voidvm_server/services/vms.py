@@ -104,6 +104,7 @@ class VMService:
         self._locks: dict[str, asyncio.Lock] = {}
         self._expecting_exit: set[str] = set()
         self._crash_restarts = CrashRestarts()
+        self.events = events
         self.state = VMStateStore(db, events)
         self.ssh_ports = SshPorts(db, events)
         self.recovery = VMRecovery(self)
@@ -217,7 +218,7 @@ class VMService:
         lock = self._lock(vm.id)
         async with lock:
             try:
-                async with self.state.events.session() as s:
+                async with self.events.session() as s:
                     if not await UserRepository(s).reserve(principal.id, spec.cpu, spec.memory, spec.disk):
                         raise self._quota_error(principal)
                     await VMRepository(s).add(vm)
@@ -260,7 +261,7 @@ class VMService:
 
     async def _forget(self, vm: VM) -> None:
         """Undo a create that failed: no row, no quota, no files."""
-        async with self.state.events.session() as s:
+        async with self.events.session() as s:
             if await VMRepository(s).delete(vm.id):  # released once, even if a delete came first
                 await UserRepository(s).release(vm.owner_id, vm.cpu, vm.memory_mb, vm.disk_gb)
                 await self.state.tell_deleted(s, vm, None)
@@ -338,7 +339,7 @@ class VMService:
                     raise ValidationError("disk", f"can only grow (currently {vm.disk_gb} GB)")
                 if disk is not None:
                     await self.reserve.check()
-            async with self.state.events.session() as s:
+            async with self.events.session() as s:
                 if hardware:
                     d_cpu = (cpu or vm.cpu) - vm.cpu
                     d_mem = (memory or vm.memory_mb) - vm.memory_mb
@@ -598,7 +599,7 @@ class VMService:
     async def _remove(self, vm: VM) -> None:
         await self.agent.destroy(vm.id)
         await self._test_pause("after-delete-files")
-        async with self.state.events.session() as s:
+        async with self.events.session() as s:
             if await VMRepository(s).delete(vm.id):
                 await UserRepository(s).release(vm.owner_id, vm.cpu, vm.memory_mb, vm.disk_gb)
                 await self.state.tell_deleted(s, vm, S.DELETING)
