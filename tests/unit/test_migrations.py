@@ -22,6 +22,9 @@ TABLES = {
     "config",
     "operations",
     "events",
+    "console_tickets",
+    "api_workers",
+    "websocket_seats",
 }
 
 

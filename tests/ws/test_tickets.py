@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 
@@ -67,8 +68,8 @@ async def test_a_used_ticket_is_refused(ws_fake: WsServer, admin: str) -> None:
 
 
 async def test_an_expired_ticket_is_refused(ws_fake: WsServer, admin: str) -> None:
-    now = [1000.0]
-    ws_fake.container.tickets = TicketService(30, lambda: now[0])
+    now = [time.time()]
+    ws_fake.container.tickets = TicketService(ws_fake.container.db, 30, lambda: now[0])
     vm_id = await running_vm(ws_fake, admin, "expired")
     issued = await ticket(ws_fake, admin, vm_id, "vnc")
     now[0] += 31
@@ -102,3 +103,17 @@ async def test_raw_streams_with_a_token_follow_ownership_and_state(ws_fake: WsSe
     assert code == 4409 and "not running" in reason
     async with ws_fake.socket(f"/api/v1/vms/{stopped}/console") as ws:
         assert (await ws.closed())[0] == 4401
+
+
+async def test_a_ticket_issued_under_a_token_since_revoked_opens_nothing(
+    ws_fake: WsServer, admin: str
+) -> None:
+    # The ticket keeps what the token stood for, not the token: the logout reaches it.
+    bob = await ws_fake.create_user(admin, "bob")
+    vm_id = await running_vm(ws_fake, bob, "revoked")
+    issued = await ticket(ws_fake, bob, vm_id)
+    response = await ws_fake.http.post("/api/v1/auth/logout", headers=auth(bob))
+    assert response.status_code == 200, response.text
+    async with ws_fake.socket(f"/api/v1/vms/{vm_id}/console?ticket={issued['ticket']}") as ws:
+        code, reason = await ws.closed()
+    assert code == 4401 and "no longer valid" in reason

@@ -10,6 +10,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from sqlalchemy import text
 from starlette.websockets import WebSocket, WebSocketState
 
 from voidvm_server.api.hosts import HostPolicy
@@ -18,6 +19,7 @@ from voidvm_server.api.ws.guards import origin_allowed
 from voidvm_server.api.ws.logfilter import redact
 from voidvm_server.api.ws.subscriptions import EventRouter
 from voidvm_server.api.ws.throttle import MessageThrottle
+from voidvm_server.auth.principal import Grant
 from voidvm_server.errors import AuthError
 from voidvm_server.events.bus import Event, EventBus
 from voidvm_server.persistence.engine import Database
@@ -34,33 +36,65 @@ class Clock:
         return self.now
 
 
-PRINCIPAL: Any = SimpleNamespace(id="usr-a", is_admin=False)
+GRANT = Grant("usr-a", 1, "session-a", None, None)
 
 
-def test_a_ticket_is_single_use_and_bound_to_its_vm_and_kind() -> None:
-    tickets = TicketService(30, Clock())
-    secret = tickets.issue(PRINCIPAL, "token", "vm-1", "serial")
-    assert secret not in repr(tickets._tickets)  # only its digest is kept
+@pytest.fixture
+async def tickets(database_url: str) -> AsyncIterator[tuple[TicketService, Clock]]:
+    db = Database(database_url)
+    await db.migrate()
+    clock = Clock()
+    try:
+        yield TicketService(db, 30, clock), clock
+    finally:
+        await db.close()
+
+
+async def test_a_ticket_is_single_use_and_bound_to_its_vm_and_kind(
+    tickets: tuple[TicketService, Clock],
+) -> None:
+    service, _ = tickets
+    secret = await service.issue(GRANT, "vm-1", "serial")
     for vm_id, kind in [("vm-2", "serial"), ("vm-1", "vnc")]:
-        again = tickets.issue(PRINCIPAL, "token", "vm-1", "serial")
+        again = await service.issue(GRANT, "vm-1", "serial")
         with pytest.raises(AuthError):
-            tickets.redeem(again, vm_id, kind)  # type: ignore[arg-type]
-    ticket = tickets.redeem(secret, "vm-1", "serial")
-    assert ticket.principal is PRINCIPAL and ticket.credential == "token"
+            await service.redeem(again, vm_id, kind)  # type: ignore[arg-type]
+    ticket = await service.redeem(secret, "vm-1", "serial")
+    assert ticket.grant == GRANT and ticket.vm_id == "vm-1"
     with pytest.raises(AuthError) as used:
-        tickets.redeem(secret, "vm-1", "serial")
+        await service.redeem(secret, "vm-1", "serial")
     assert used.value.code == "INVALID_TICKET"
 
 
-def test_a_ticket_expires_after_its_ttl() -> None:
-    clock = Clock()
-    tickets = TicketService(30, clock)
-    secret = tickets.issue(PRINCIPAL, "token", "vm-1", "vnc")
+async def test_a_ticket_is_stored_as_its_digest_only(tickets: tuple[TicketService, Clock]) -> None:
+    service, _ = tickets
+    secret = await service.issue(GRANT, "vm-1", "serial")
+    async with service.db.reading() as s:
+        rows = (await s.execute(text("SELECT * FROM console_tickets"))).all()
+    assert len(rows) == 1 and all(secret not in str(value) for value in rows[0])
+
+
+async def test_parallel_redeems_of_one_ticket_open_one_stream(tickets: tuple[TicketService, Clock]) -> None:
+    service, _ = tickets
+    secret = await service.issue(GRANT, "vm-1", "vnc")
+    results = await asyncio.gather(
+        *(service.redeem(secret, "vm-1", "vnc") for _ in range(8)), return_exceptions=True
+    )
+    assert sum(not isinstance(r, BaseException) for r in results) == 1
+    assert all(isinstance(r, AuthError) for r in results if isinstance(r, BaseException))
+
+
+async def test_a_ticket_expires_after_its_ttl(tickets: tuple[TicketService, Clock]) -> None:
+    service, clock = tickets
+    secret = await service.issue(GRANT, "vm-1", "vnc")
     clock.now += 30.5
     with pytest.raises(AuthError):
-        tickets.redeem(secret, "vm-1", "vnc")
-    tickets.issue(PRINCIPAL, "token", "vm-1", "vnc")
-    assert len(tickets) == 1  # expired ones are swept
+        await service.redeem(secret, "vm-1", "vnc")
+    await service.issue(GRANT, "vm-1", "vnc")
+    await service.issue(GRANT, "vm-1", "vnc")
+    clock.now += 31
+    await service.issue(GRANT, "vm-1", "vnc")
+    assert await service.count() == 1  # expired ones are swept
 
 
 def test_the_throttle_allows_a_burst_then_the_rate() -> None:

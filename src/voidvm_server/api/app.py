@@ -46,6 +46,7 @@ from voidvm_server.services.tasks import BackgroundTasks
 from voidvm_server.services.tickets import TicketService
 from voidvm_server.services.users import UserService
 from voidvm_server.services.vms import VMService
+from voidvm_server.services.workers import WorkerPresence
 
 log = logging.getLogger(__name__)
 API_PREFIX = "/api/v1"
@@ -81,7 +82,7 @@ async def build_container(settings: Settings, driver_factory: DriverFactory | No
     bus = EventBus()
     events = EventLog(db, bus)
     limiter = RateLimiter(settings.redis_url, settings.redis_prefix)
-    live = LiveConfigStore(db, settings)
+    live = LiveConfigStore(db, settings, events)
     await live.load()
     tokens = TokenService(
         secret,
@@ -91,6 +92,7 @@ async def build_container(settings: Settings, driver_factory: DriverFactory | No
         refresh_ttl=settings.refresh_token_ttl_seconds,
     )
     tasks = BackgroundTasks()
+    presence = WorkerPresence(db)
     audit = AuditLog(db)
     operations = OperationService(db, events, tasks, retention_days=settings.operation_retention_days)
     images = ImageService(
@@ -123,15 +125,17 @@ async def build_container(settings: Settings, driver_factory: DriverFactory | No
         monitor=ResourceMonitor(agent, settings.stats_interval_seconds),
         system=SystemService(db),
         consoles=ConsoleHub(agent, bus),
-        tickets=TicketService(settings.ws_ticket_ttl_seconds),
+        tickets=TicketService(db, settings.ws_ticket_ttl_seconds),
+        presence=presence,
         ws_hub=ConnectionHub(
             bus,
-            auth_service.authenticate,
+            auth_service.revalidate,
             max_per_user=settings.ws_max_per_user,
             max_total=settings.ws_max_total,
             max_anonymous=settings.ws_max_anonymous,
             max_anonymous_per_client=settings.ws_max_anonymous_per_client,
             revalidate_seconds=settings.ws_revalidate_seconds,
+            presence=presence,
         ),
         host_policy=host_policy(settings),
         qemu_version=qemu_version.removeprefix("qemu-img version ").split(" ")[0],
@@ -141,6 +145,8 @@ async def build_container(settings: Settings, driver_factory: DriverFactory | No
 async def start_services(container: Container) -> None:
     settings = container.settings
     await container.events.start()
+    await container.presence.start()
+    container.live.start()
     await container.users.ensure_admin()
     container.default_admin_password = await container.users.admin_uses_default_password()
     if container.default_admin_password:
@@ -169,6 +175,8 @@ async def start_services(container: Container) -> None:
 
 async def stop_services(container: Container) -> None:
     await container.ws_hub.stop()
+    await container.presence.stop()
+    container.live.stop()
     await container.consoles.close()
     await container.monitor.stop()
     await container.auth.stop()

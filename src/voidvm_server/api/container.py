@@ -27,6 +27,7 @@ from voidvm_server.services.tasks import BackgroundTasks
 from voidvm_server.services.tickets import TicketService
 from voidvm_server.services.users import UserService
 from voidvm_server.services.vms import VMService
+from voidvm_server.services.workers import WorkerPresence
 
 
 @dataclass
@@ -51,6 +52,7 @@ class Container:
     system: SystemService
     consoles: ConsoleHub
     tickets: TicketService
+    presence: WorkerPresence
     ws_hub: ConnectionHub
     host_policy: HostPolicy
     qemu_version: str = "unknown"

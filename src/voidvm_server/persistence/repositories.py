@@ -238,6 +238,10 @@ class TokenRepository:
         )
         await self.session.flush()
 
+    async def get(self, token_id: str) -> ApiToken | None:
+        row = await self.session.get(ApiTokenRow, token_id)
+        return _token(row) if row else None
+
     async def by_hash(self, token_hash: str) -> ApiToken | None:
         row = await self.session.scalar(select(ApiTokenRow).where(ApiTokenRow.token_hash == token_hash))
         return _token(row) if row else None

@@ -8,6 +8,7 @@ from sqlalchemy import (
     JSON,
     BigInteger,
     DateTime,
+    Double,
     ForeignKey,
     Index,
     Integer,
@@ -174,3 +175,47 @@ class EventRow(Base):
     owner_id: Mapped[str | None] = mapped_column(String(32))
     data: Mapped[dict[str, object]] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class ConsoleTicketRow(Base):
+    """A console ticket not yet redeemed (migration 0006): in the database, so any API worker
+    may redeem what another issued, exactly once. The secret is never stored, only its digest,
+    and the credential it was issued under only as what it stands for (`auth.principal.Grant`)."""
+
+    __tablename__ = "console_tickets"
+    digest: Mapped[str] = mapped_column(String(64), primary_key=True)
+    vm_id: Mapped[str] = mapped_column(String(32))
+    kind: Mapped[str] = mapped_column(String(8))
+    expires_at: Mapped[float] = mapped_column(Double)  # seconds since 1970
+    user_id: Mapped[str] = mapped_column(String(32))
+    token_version: Mapped[int] = mapped_column(Integer)
+    session_id: Mapped[str | None] = mapped_column(String(64))
+    api_token_id: Mapped[str | None] = mapped_column(String(32))
+    credential_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class ApiWorkerRow(Base):
+    """A running API worker process (migration 0006); alive while `heartbeat_at` (seconds since
+    1970) is fresh."""
+
+    __tablename__ = "api_workers"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    host: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    heartbeat_at: Mapped[float] = mapped_column(Double)
+
+
+class WebSocketSeatRow(Base):
+    """An authenticated WebSocket held open by a worker, counted against its user's cap."""
+
+    __tablename__ = "websocket_seats"
+    __table_args__ = {"sqlite_autoincrement": True}  # noqa: RUF012 (SQLAlchemy reads it once)
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    worker_id: Mapped[str] = mapped_column(String(32))
+    user_id: Mapped[str] = mapped_column(String(32))
+    opened_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+Index("ix_websocket_seats_user", WebSocketSeatRow.user_id)
+Index("ix_websocket_seats_worker", WebSocketSeatRow.worker_id)

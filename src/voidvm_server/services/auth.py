@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from voidvm_server.auth.passwords import DUMMY_HASH, PasswordHashing
-from voidvm_server.auth.principal import Principal
+from voidvm_server.auth.principal import Grant, Principal
 from voidvm_server.auth.tokens import (
     API_TOKEN_PREFIX,
     IssuedTokens,
@@ -135,7 +135,26 @@ class AuthService:
             return await self._authenticate_api_token(token)
         claims = self.tokens.decode(token, kind="access")
         user = await self._live_user(claims.user_id, claims.session_id, claims.token_version)
-        return Principal(user=user, session_id=claims.session_id)
+        return Principal(user=user, session_id=claims.session_id, expires_at=claims.expires_at)
+
+    async def revalidate(self, grant: Grant) -> Principal:
+        """The principal a credential checked earlier stands for now, or the AuthError it would
+        get today (expired, revoked, logged out, password changed, user disabled)."""
+        if grant.expires_at is not None and grant.expires_at < now():
+            raise AuthError("The token has expired", code="TOKEN_EXPIRED")
+        if grant.api_token_id is not None:
+            async with self.db.reading() as s:
+                stored = await TokenRepository(s).get(grant.api_token_id)
+                user = await UserRepository(s).get(grant.user_id) if stored else None
+            if stored is None or user is None or stored.user_id != grant.user_id:
+                raise AuthError("The token is invalid", code="INVALID_TOKEN")
+            if user.status is UserStatus.DISABLED:
+                raise AccountDisabledError()
+            return Principal(user=user, session_id=None, api_token_id=stored.id, expires_at=stored.expires_at)
+        if grant.session_id is None:
+            raise AuthError("The token is invalid", code="INVALID_TOKEN")
+        user = await self._live_user(grant.user_id, grant.session_id, grant.token_version)
+        return Principal(user=user, session_id=grant.session_id, expires_at=grant.expires_at)
 
     async def _live_user(self, user_id: str, session_id: str, token_version: int) -> User:
         async with self.db.reading() as s:
@@ -160,7 +179,7 @@ class AuthService:
         if stored.last_used_at is None or stamp - stored.last_used_at > timedelta(minutes=1):
             async with self.db.session() as s:
                 await TokenRepository(s).touch(stored.id, stamp)
-        return Principal(user=user, session_id=None, api_token_id=stored.id)
+        return Principal(user=user, session_id=None, api_token_id=stored.id, expires_at=stored.expires_at)
 
     async def create_api_token(
         self, user: User, name: str, expires_in_days: int | None

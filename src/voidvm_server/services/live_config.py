@@ -5,19 +5,24 @@ Updates are partial and deep-merged, then validated as a whole before they take 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic import ValidationError as PydanticValidationError
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from voidvm_server.config import Settings
 from voidvm_server.errors import ValidationError
+from voidvm_server.events.bus import Event
 from voidvm_server.persistence.engine import Database
 from voidvm_server.persistence.repositories import ConfigRepository
 from voidvm_server.services.clock import now
 from voidvm_server.services.config_references import check_references
+from voidvm_server.services.event_log import EventLog
 
 KEY = "live"
+CONFIG_EVENT = "config"  # a change, written for the other API workers to follow
 LEGACY_USER_PREFIX = "user:"  # how `per_user` keys were spelled before they named users
 
 
@@ -122,24 +127,59 @@ def deep_merge(base: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
 
 
 class LiveConfigStore:
-    """Holds the current LiveConfig; services read `.current` on every use, so changes are live."""
+    """Holds the current LiveConfig; services read `.current` on every use, so changes are live.
 
-    def __init__(self, db: Database, settings: Settings) -> None:
+    Every API worker holds its own copy. A change is written with a `config` event carrying the
+    whole new document (an internal kind: no WebSocket topic shows it), so every worker's copy
+    follows as soon as its EventLog delivers that event."""
+
+    def __init__(self, db: Database, settings: Settings, events: EventLog | None = None) -> None:
         self.db = db
+        self.events = events
+        self._defaults = from_settings(settings).model_dump()
         self.current = from_settings(settings)
+        self._unlisten: Callable[[], None] = lambda: None
 
     async def load(self) -> None:
         async with self.db.session() as s:
-            stored = await ConfigRepository(s).get(KEY)
-        if stored:
-            self.current = self._validate(_without_legacy_keys(deep_merge(self.current.model_dump(), stored)))
+            self.current = await self._stored(s)
+
+    async def _stored(self, s: AsyncSession) -> LiveConfig:
+        stored = await ConfigRepository(s).get(KEY)
+        if not stored:
+            return self._validate(self._defaults)
+        return self._validate(_without_legacy_keys(deep_merge(self._defaults, stored)))
+
+    def start(self) -> None:
+        """Follow the changes other workers make."""
+        if self.events is not None:
+            self._unlisten = self.events.bus.listen(self._on_event)
+
+    def stop(self) -> None:
+        self._unlisten()
+
+    def _on_event(self, event: Event) -> None:
+        if event.kind == CONFIG_EVENT:
+            self.current = self._validate(event.data)
 
     async def update(self, patch: dict[str, Any]) -> LiveConfig:
-        candidate = self._validate(deep_merge(self.current.model_dump(), patch))
-        async with self.db.session() as s:
-            await check_references(s, self.current, candidate)
-            await ConfigRepository(s).put(KEY, candidate.model_dump(), now())
+        """Apply a partial change to the stored document (another worker may have changed it
+        since this one last heard), as a whole or not at all."""
+        if self.events is None:
+            async with self.db.session() as s:
+                candidate = await self._write(s, patch)
+        else:
+            async with self.events.session() as s:
+                candidate = await self._write(s, patch)
+                await self.events.add(s, CONFIG_EVENT, candidate.model_dump(), vm_id=None, owner_id=None)
         self.current = candidate
+        return candidate
+
+    async def _write(self, s: AsyncSession, patch: dict[str, Any]) -> LiveConfig:
+        stored = await self._stored(s)
+        candidate = self._validate(deep_merge(stored.model_dump(), patch))
+        await check_references(s, stored, candidate)
+        await ConfigRepository(s).put(KEY, candidate.model_dump(), now())
         return candidate
 
     @staticmethod

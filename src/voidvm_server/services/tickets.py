@@ -2,8 +2,10 @@
 
 A browser cannot put an `Authorization` header on a WebSocket, and a token in a URL is long-lived.
 A ticket is the narrow alternative: issued over authenticated REST, bound to one user, one VM and
-one stream kind, valid for `ttl` seconds (30 by default) and redeemable exactly once. Tickets live
-in memory only: a server restart voids them all, which costs a client one more POST.
+one stream kind, valid for `ttl` seconds (30 by default) and redeemable exactly once. Tickets are
+rows of the database, so any API worker redeems what another issued; only the secret's digest is
+stored, and instead of the credential it was issued under, what that credential stands for (a
+`Grant`, checked again when the ticket is redeemed and while the socket stays open).
 """
 
 from __future__ import annotations
@@ -15,19 +17,19 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
-from voidvm_server.auth.principal import Principal
+from voidvm_server.auth.principal import Grant
 from voidvm_server.errors import AuthError
+from voidvm_server.persistence.engine import Database
+from voidvm_server.persistence.tickets import TicketRepository
 
 StreamKind = Literal["serial", "vnc"]
 
 
 @dataclass(frozen=True)
 class Ticket:
-    principal: Principal
-    credential: str  # the token the ticket was issued under: the socket is revoked with it
+    grant: Grant  # the credential it was issued under: the socket is revoked with it
     vm_id: str
     kind: StreamKind
-    expires_at: float
 
 
 def _digest(secret: str) -> str:
@@ -35,31 +37,35 @@ def _digest(secret: str) -> str:
 
 
 class TicketService:
-    def __init__(self, ttl_seconds: float = 30.0, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, db: Database, ttl_seconds: float = 30.0, clock: Callable[[], float] = time.time
+    ) -> None:
+        self.db = db
         self.ttl = ttl_seconds
-        self._clock = clock
-        self._tickets: dict[str, Ticket] = {}  # sha256(secret) -> ticket; the secret is never kept
+        self._clock = clock  # wall-clock seconds: every worker reads the same expiry the same way
 
-    def issue(self, principal: Principal, credential: str, vm_id: str, kind: StreamKind) -> str:
-        """A new ticket's secret. The caller has already checked that `principal` may use the VM."""
-        self._sweep()
+    async def issue(self, grant: Grant, vm_id: str, kind: StreamKind) -> str:
+        """A new ticket's secret. The caller has already checked that the grant's user may use the VM."""
         secret = secrets.token_urlsafe(32)
-        self._tickets[_digest(secret)] = Ticket(principal, credential, vm_id, kind, self._clock() + self.ttl)
+        stamp = self._clock()
+        async with self.db.session() as s:
+            tickets = TicketRepository(s)
+            await tickets.sweep(stamp)
+            await tickets.add(_digest(secret), grant, vm_id, kind, stamp + self.ttl)
         return secret
 
-    def redeem(self, secret: str, vm_id: str, kind: StreamKind) -> Ticket:
+    async def redeem(self, secret: str, vm_id: str, kind: StreamKind) -> Ticket:
         """Spend a ticket; any mismatch (VM, kind, expiry, reuse) is the same INVALID_TICKET."""
-        ticket = self._tickets.pop(_digest(secret), None)
-        if ticket is None or ticket.expires_at < self._clock():
+        async with self.db.session() as s:
+            taken = await TicketRepository(s).take(_digest(secret))
+        if taken is None or taken[3] < self._clock():
             raise AuthError("The console ticket is invalid, expired or already used", code="INVALID_TICKET")
-        if ticket.vm_id != vm_id or ticket.kind != kind:
+        grant, ticket_vm, ticket_kind, _ = taken
+        if ticket_vm != vm_id or ticket_kind != kind:
             raise AuthError("The console ticket was issued for another stream", code="INVALID_TICKET")
-        return ticket
+        return Ticket(grant, ticket_vm, kind)
 
-    def _sweep(self) -> None:
-        now = self._clock()
-        for key in [k for k, t in self._tickets.items() if t.expires_at < now]:
-            del self._tickets[key]
-
-    def __len__(self) -> int:
-        return len(self._tickets)
+    async def count(self) -> int:
+        """Tickets issued and not yet redeemed or swept."""
+        async with self.db.reading() as s:
+            return await TicketRepository(s).count()

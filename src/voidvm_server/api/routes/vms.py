@@ -7,7 +7,7 @@ from typing import Literal
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
 
-from voidvm_server.api.deps import ContainerDep, CurrentPrincipal, bearer_token
+from voidvm_server.api.deps import ContainerDep, CurrentPrincipal
 from voidvm_server.api.envelope import ok
 from voidvm_server.api.presenters import operation_json, pagination, stats_json, vm_json
 from voidvm_server.api.response_models import (
@@ -196,9 +196,7 @@ async def console_ticket(
     """A single-use ticket (~30 s) for the raw serial (`/console`) or VNC (`/vnc`) WebSocket."""
     kind = (body or ConsoleTicketBody()).type
     vm = await container.vms.get_running(principal, vm_id)
-    credential = bearer_token(request)
-    assert credential is not None  # CurrentPrincipal authenticated it
-    ticket = container.tickets.issue(principal, credential, vm.id, kind)
+    ticket = await container.tickets.issue(principal.grant, vm.id, kind)
     await container.audit.record("vm.console", user=principal.user, target_type="vm", target_id=vm.id,
                                  message=f"{kind} ticket issued")  # fmt: skip
     scheme = "wss" if request.url.scheme == "https" else "ws"

@@ -63,7 +63,6 @@ class EventSocket:
         self.settings = container.settings
         self.state = State.CONNECTING
         self.principal: Principal | None = None
-        self.credential: str | None = None
         self._token = token
         self._resume_from = resume_from
         self.outbox: Outbox[Outgoing] = Outbox(
@@ -234,7 +233,7 @@ class EventSocket:
             return
         if self.principal is not None and principal.id != self.principal.id:
             raise AuthError("A socket stays signed in as one user; open another socket", code="FORBIDDEN")
-        refusal = self.hub.bind(self, principal)
+        refusal = await self.hub.bind(self, principal)
         if refusal is not None:
             if refusal.full == "user":
                 limit = self.hub.max_per_user
@@ -244,7 +243,7 @@ class EventSocket:
                 ), None, msg_id)  # fmt: skip
             self.outbox.close(refusal.code, refusal.reason)
             return
-        self.principal, self.credential = principal, token
+        self.principal = principal
         self.state = State.OPEN
         context.user_name.set(principal.user.username)
         if self._grace is not None:

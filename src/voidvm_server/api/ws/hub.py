@@ -3,15 +3,17 @@
 - Admission, in two pools. A socket that has not authenticated yet (a `/ws` waiting for its
   `auth` message, within the grace period) is *anonymous*: at most `max_anonymous_per_client` of
   them per client address and `max_anonymous` in all. An authenticated socket counts against
-  its user (`max_per_user`, then an error and close 1008) and the server (`max_total`, then close
-  1013). So anonymous sockets, however many reconnect loops open them, never take a signed-in
-  user's place. A slot is freed the moment a socket ends, however it ends (uvicorn's pings
-  notice vanished clients).
+  this process (`max_total`, then close 1013) and its user (`max_per_user`, then an error and
+  close 1008), the latter across every API worker through a seat in the database
+  (`services/workers.py`). So anonymous sockets, however many reconnect loops open them, never
+  take a signed-in user's place. A slot is freed the moment a socket ends, however it ends
+  (uvicorn's pings notice vanished clients).
 - Fan-out: one EventBus listener hands every event to every socket, synchronously, in id order;
   each socket filters by its own subscriptions and queues what it keeps.
-- Revocation: every `revalidate_seconds` each distinct credential is authenticated again; the
-  sockets whose token was revoked or expired, or whose user was disabled, get an `error` and close
-  4401. Principals are refreshed on the way, so a role change reaches open sockets too.
+- Revocation: every `revalidate_seconds` each distinct credential (the `Grant` a socket's
+  principal holds: the raw token is never kept) is checked again; the sockets whose token was
+  revoked or expired, or whose user was disabled, get an `error` and close 4401. Principals are
+  refreshed on the way, so a role change reaches open sockets too.
 """
 
 from __future__ import annotations
@@ -25,13 +27,14 @@ from typing import Literal, Protocol
 
 from voidvm_server.api.ws.protocol import CLOSE_POLICY, CLOSE_TRY_LATER
 from voidvm_server.api.ws.rendering import EventRenderer
-from voidvm_server.auth.principal import Principal
+from voidvm_server.auth.principal import Grant, Principal
 from voidvm_server.errors import AuthError
 from voidvm_server.events.bus import Event, EventBus
 from voidvm_server.services.ratelimit import client_key
+from voidvm_server.services.workers import WorkerPresence
 
 log = logging.getLogger(__name__)
-Authenticate = Callable[[str], Awaitable[Principal]]
+Revalidate = Callable[[Grant], Awaitable[Principal]]
 
 
 @dataclass(frozen=True)
@@ -45,7 +48,6 @@ class Member(Protocol):
     """What the hub needs of a socket."""
 
     principal: Principal | None
-    credential: str | None
 
     def deliver(self, event: Event) -> None:
         """An event from the bus; filter and queue it without blocking."""
@@ -58,16 +60,17 @@ class ConnectionHub:
     def __init__(
         self,
         bus: EventBus,
-        authenticate: Authenticate,
+        revalidate: Revalidate,
         *,
         max_per_user: int,
         max_total: int,
         revalidate_seconds: float,
         max_anonymous: int = 100,
         max_anonymous_per_client: int = 10,
+        presence: WorkerPresence | None = None,
     ) -> None:
         self.bus = bus
-        self.authenticate = authenticate
+        self._revalidate = revalidate
         self.max_per_user = max_per_user
         self.max_total = max_total
         self.max_anonymous = max_anonymous
@@ -78,6 +81,10 @@ class ConnectionHub:
         self._by_user: dict[str, set[Member]] = defaultdict(set)
         self._anonymous: dict[Member, str] = {}  # socket -> its client address
         self._anonymous_by_client: Counter[str] = Counter()
+        self.presence = presence  # None: one process serves, its own count is the user's
+        self._seats: dict[Member, int] = {}
+        self._binding: set[Member] = set()  # authenticated, claiming a seat
+        self._freeing: set[asyncio.Task[None]] = set()
         self._sweeper: asyncio.Task[None] | None = None
         self._unlisten: Callable[[], None] = lambda: None
 
@@ -95,17 +102,28 @@ class ConnectionHub:
         self._anonymous_by_client[client] += 1
         return True
 
-    def bind(self, member: Member, principal: Principal) -> Refusal | None:
-        """Count an authenticated socket against its user and the server (leaving the anonymous
+    async def bind(self, member: Member, principal: Principal) -> Refusal | None:
+        """Count an authenticated socket against the server and its user (leaving the anonymous
         pool); the refusal when either is full."""
-        sockets = self._by_user[principal.id]
-        if member not in sockets:
-            if len(sockets) >= self.max_per_user:
-                return Refusal(
-                    CLOSE_POLICY, f"at most {self.max_per_user} WebSocket connections per user", "user"
-                )
-            if len(self._members) >= self.max_total:
+        if member not in self._by_user[principal.id]:
+            if len(self._members) + len(self._binding) >= self.max_total:
                 return Refusal(CLOSE_TRY_LATER, "the server is at its WebSocket capacity", "server")
+            user_full = Refusal(
+                CLOSE_POLICY, f"at most {self.max_per_user} WebSocket connections per user", "user"
+            )
+            if self.presence is None:
+                if len(self._by_user[principal.id]) >= self.max_per_user:
+                    return user_full
+            else:
+                self._binding.add(member)  # holds its place in `max_total` while the seat is claimed
+                try:
+                    seat = await self.presence.claim_seat(principal.id, self.max_per_user)
+                finally:
+                    self._binding.discard(member)
+                if seat is None:
+                    return user_full
+                self._seats[member] = seat
+        sockets = self._by_user[principal.id]
         self._forget_anonymous(member)
         sockets.add(member)
         self._members.add(member)
@@ -114,12 +132,25 @@ class ConnectionHub:
     def leave(self, member: Member) -> None:
         self._forget_anonymous(member)
         self._members.discard(member)
+        seat = self._seats.pop(member, None)
+        if seat is not None and self.presence is not None:
+            # Freed in the background: a socket's end must not wait for the database.
+            task = asyncio.get_running_loop().create_task(self._free(self.presence, seat))
+            self._freeing.add(task)
+            task.add_done_callback(self._freeing.discard)
         if member.principal is not None:
             sockets = self._by_user.get(member.principal.id)
             if sockets is not None:
                 sockets.discard(member)
                 if not sockets:
                     del self._by_user[member.principal.id]
+
+    @staticmethod
+    async def _free(presence: WorkerPresence, seat: int) -> None:
+        try:
+            await presence.free_seat(seat)
+        except Exception:  # the seat stays counted until this worker's row goes
+            log.warning("Freeing WebSocket seat %d failed", seat, exc_info=True)
 
     def _forget_anonymous(self, member: Member) -> None:
         client = self._anonymous.pop(member, None)
@@ -156,14 +187,14 @@ class ConnectionHub:
 
     # -- revocation ------------------------------------------------------------------------------
     async def revalidate(self) -> None:
-        """Authenticate every distinct credential again; close the sockets of the failed ones."""
-        groups: dict[str, list[Member]] = defaultdict(list)
+        """Check every distinct credential again; close the sockets of the failed ones."""
+        groups: dict[Grant, list[Member]] = defaultdict(list)
         for member in list(self._members):
-            if member.credential is not None and member.principal is not None:
-                groups[member.credential].append(member)
-        for credential, members in groups.items():
+            if member.principal is not None:
+                groups[member.principal.grant].append(member)
+        for grant, members in groups.items():
             try:
-                principal = await self.authenticate(credential)
+                principal = await self._revalidate(grant)
             except AuthError as exc:
                 for member in members:
                     member.refuse(4401, exc.message, exc)
@@ -198,4 +229,6 @@ class ConnectionHub:
             await asyncio.gather(sweeper, return_exceptions=True)
         for member in list(self._members):
             member.refuse(1001, "the server is shutting down")
+        if self._freeing:
+            await asyncio.gather(*list(self._freeing), return_exceptions=True)
         self.renderer.close()

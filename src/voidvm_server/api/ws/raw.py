@@ -41,7 +41,6 @@ class RawStream:
         self.vm_id = vm_id
         self.send_timeout = container.settings.ws_send_timeout_seconds
         self.principal: Principal | None = None
-        self.credential: str | None = None
         self._stop = asyncio.Event()
         self._close = (p.CLOSE_NORMAL, "stream ended")
 
@@ -71,13 +70,13 @@ class RawStream:
         secret = self.websocket.query_params.get("ticket")
         try:
             if secret:
-                ticket = self.container.tickets.redeem(secret, self.vm_id, self.kind)
-                principal, credential = ticket.principal, ticket.credential
+                ticket = await self.container.tickets.redeem(secret, self.vm_id, self.kind)
+                principal = await self.container.auth.revalidate(ticket.grant)
             else:
                 token = bearer(self.websocket)
                 if token is None:
                     return p.CLOSE_UNAUTHORIZED, "a ticket or a token is required"
-                principal, credential = await self.container.auth.authenticate(token), token
+                principal = await self.container.auth.authenticate(token)
             vm = await self.container.vms.get(principal, self.vm_id)
         except AuthError as exc:
             return p.CLOSE_UNAUTHORIZED, exc.message
@@ -85,10 +84,10 @@ class RawStream:
             return p.CLOSE_NOT_FOUND, exc.message
         if not await self.container.vms.is_process_running(vm.id):
             return p.CLOSE_CONFLICT, "the VM is not running"
-        refusal = self.container.ws_hub.bind(self, principal)  # raw streams are never anonymous
+        refusal = await self.container.ws_hub.bind(self, principal)  # raw streams are never anonymous
         if refusal is not None:
             return refusal.code, refusal.reason
-        self.principal, self.credential = principal, credential
+        self.principal = principal
         return None
 
     async def stream(self) -> None:
