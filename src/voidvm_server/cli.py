@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-import uvicorn
 from rich.console import Console
 from rich.table import Table
 
@@ -48,14 +47,19 @@ def serve(
     config: ConfigOption = None,
     host: Annotated[str | None, typer.Option(help="listen address")] = None,
     port: Annotated[int | None, typer.Option(help="listen port")] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(min=1, help="API worker processes (default: VOIDVM_WORKERS, else one per core)"),
+    ] = None,
     allow_default_admin_password: Annotated[
         bool, typer.Option(help="listen beyond loopback even with admin/admin123")
     ] = False,
     skip_tiny_image: Annotated[bool, typer.Option(help="do not build the built-in guest")] = False,
 ) -> None:
-    """Run the API server (builds the built-in tiny guest image first if it is missing)."""
-    from voidvm_server.api.app import create_app
-    from voidvm_server.api.serving import serving_config
+    """Run VoidVM: the host agent (found, or started) and the API workers (builds the built-in
+    tiny guest image first if it is missing)."""
+    from voidvm_server.persistence.engine import Database
+    from voidvm_server.supervisor import ServeError, Supervisor, default_workers
     from voidvm_server.tiny import install_tiny_image
 
     settings = _settings(
@@ -64,17 +68,31 @@ def serve(
         port=port,
         allow_default_admin_password=allow_default_admin_password or None,
     )
-    # First of all, before the database or any VM; with the host agent apart, the API's own lock.
-    lock = _lock_data_dir(settings.data_dir, LOCK_FILE if settings.agent_socket is None else API_LOCK_FILE)
+    # First of all, before the database or any VM: one `serve` per data directory.
+    lock = _lock_data_dir(settings.data_dir, API_LOCK_FILE)
     try:
+        prepare_data_dir(settings.data_dir)
+        asyncio.run(_migrate(Database(settings.resolved_database_url)))  # once, before any worker
         if not skip_tiny_image:
             try:
                 asyncio.run(install_tiny_image(settings))
             except Exception as exc:  # the server still runs; VMs then need an imported image
                 console.print(f"[yellow]Could not build the tiny guest image: {exc}[/yellow]")
-        uvicorn.Server(serving_config(create_app(settings, data_dir_lock=lock), settings)).run()
+        count = workers or settings.workers or default_workers()
+        try:
+            Supervisor(settings, workers=count, config_file=config).run()
+        except (ServeError, OSError) as exc:
+            typer.echo(f"Error: {exc}", err=True)
+            raise typer.Exit(1) from None
     finally:
         lock.release()
+
+
+async def _migrate(db: Database) -> None:
+    try:
+        await db.migrate()
+    finally:
+        await db.close()
 
 
 @app.command()

@@ -83,6 +83,7 @@ class Settings(BaseSettings):
     # `guest_netns` (a name under /run/netns, as `ip netns` makes; None = the host's namespace).
     # The host agent's socket (`voidvm-server agent`); None: the API runs the host in its own process.
     agent_socket: Path | None = None
+    workers: int | None = Field(default=None, ge=1, le=64)  # `serve`'s API processes; None: one per core
     passt_binary: str | None = None  # None: the one scripts/build-passt.sh installs, else PATH's
     guest_netns: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
     guest_net_user: str = Field(default="voidvm-net", pattern=r"^[a-z_][a-z0-9_-]{0,31}$")

@@ -18,8 +18,8 @@ from pathlib import Path
 from types import TracebackType
 
 LOCK_FILE = "voidvm.lock"
-# With the host agent apart (VOIDVM_AGENT_SOCKET), the agent holds LOCK_FILE and `serve` this one:
-# still one API server per data directory until its workers share what they must.
+# The host agent holds LOCK_FILE (or an API process that runs the host itself, as the tests' apps
+# do); `serve`, which starts the API workers, holds this one: one `serve` per data directory.
 API_LOCK_FILE = "voidvm-api.lock"
 
 

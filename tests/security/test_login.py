@@ -125,7 +125,10 @@ async def test_wrong_current_passwords_count_like_failed_logins(guarded: Api) ->
 
 
 async def test_a_login_flood_beyond_the_cap_is_refused_not_queued(tmp_path: Path) -> None:
-    settings = make_settings(tmp_path, login_max_concurrent=2, password_hash_workers=1)
+    # Budgets as large as the flood: every attempt is presumed a failure until checked, so with
+    # the default 5 most of these 12 would be refused as guesses before they reach the cap.
+    settings = make_settings(tmp_path, login_max_concurrent=2, password_hash_workers=1,
+                             login_max_failures=12, login_attempts_per_minute=12)  # fmt: skip
     async with running_api(settings, fake_driver_factory, None) as api:
         flood = [
             api.client.post(LOGIN, json={"username": "admin", "password": "admin123"}) for _ in range(12)

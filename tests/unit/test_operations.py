@@ -19,6 +19,8 @@ from voidvm_server.drivers.fake import FakeDriver
 from voidvm_server.persistence.operations import OperationRepository
 from voidvm_server.persistence.repositories import ImageRepository
 from voidvm_server.services.clock import now
+from voidvm_server.services.operations import OperationService
+from voidvm_server.services.tasks import BackgroundTasks
 
 TINY_VM = {"cpu": 1, "memory": 256, "disk": 1}
 IMAGE_BYTES = 4 * 1024 * 1024  # the download reads 1 MiB chunks: progress moves by 25 %
@@ -242,13 +244,20 @@ async def test_an_operation_cut_short_by_a_shutdown_is_failed_at_the_next_start(
         assert op["status"] == "failed" and op["error"]["code"] == "INTERRUPTED"
         assert (await api.client.get("/api/v1/images/cut", headers=auth(token))).status_code == 404
 
-        stale = await api.container.operations.begin(
+        # Begun by a process that is gone (it recorded no live worker), left `running` by a kill.
+        gone = OperationService(api.container.db, api.container.events, BackgroundTasks())
+        stale = await gone.begin(
             "image.pull", resource_type="image", resource_id="img-000000000000", owner_id="usr-x"
+        )
+        mine = await api.container.operations.begin(
+            "image.pull", resource_type="image", resource_id="img-000000000001", owner_id="usr-x"
         )
         await api.container.operations.recover()  # what a start after a kill -9 does
         after = await api.container.operations._load(stale.id)
         assert after is not None and after.status.value == "failed" and after.error is not None
         assert after.error["code"] == "INTERRUPTED"
+        running = await api.container.operations._load(mine.id)  # this worker's own runs on
+        assert running is not None and running.status.value == "running"
 
 
 async def test_an_image_still_importing_cannot_back_a_vm_and_a_cancelled_waiting_import_answers_409(

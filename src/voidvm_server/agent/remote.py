@@ -74,9 +74,17 @@ class RemoteAgent:
             raise unreachable() from None
 
     async def _open(self, hello: dict[str, Any]) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """A new connection. An agent restarting (`serve` starts it again within a second or two)
+        is waited for, up to `connect_timeout`, so the calls of that moment wait rather than fail."""
         try:
             async with asyncio.timeout(self.connect_timeout):
-                reader, writer = await asyncio.open_unix_connection(str(self.path), limit=wire.MAX_LINE)
+                while True:
+                    try:
+                        opened = asyncio.open_unix_connection(str(self.path), limit=wire.MAX_LINE)
+                        reader, writer = await opened
+                        break
+                    except (ConnectionRefusedError, FileNotFoundError):
+                        await asyncio.sleep(0.1)
         except (OSError, TimeoutError):
             raise unreachable() from None
         writer.write(wire.dumps(hello))

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractContextManager, asynccontextmanager
 
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
@@ -35,6 +35,7 @@ from voidvm_server.services.auth import AuthService
 from voidvm_server.services.console import ConsoleHub
 from voidvm_server.services.disk_reserve import MIB, DiskReserve
 from voidvm_server.services.event_log import EventLog
+from voidvm_server.services.host_duty import HostDuty
 from voidvm_server.services.images import ImageService
 from voidvm_server.services.live_config import LiveConfigStore
 from voidvm_server.services.login_guard import LoginGuard
@@ -81,7 +82,10 @@ async def build_container(settings: Settings, driver_factory: DriverFactory | No
     agent = await build_agent(settings, qemu_version, driver_factory)
     bus = EventBus()
     events = EventLog(db, bus)
-    limiter = RateLimiter(settings.redis_url, settings.redis_prefix)
+    # One file every API worker of the host shares (Redis instead, when configured).
+    limiter = RateLimiter(
+        settings.redis_url, settings.redis_prefix, shared_path=settings.data_dir / "limits.sqlite"
+    )
     live = LiveConfigStore(db, settings, events)
     await live.load()
     tokens = TokenService(
@@ -94,7 +98,9 @@ async def build_container(settings: Settings, driver_factory: DriverFactory | No
     tasks = BackgroundTasks()
     presence = WorkerPresence(db)
     audit = AuditLog(db)
-    operations = OperationService(db, events, tasks, retention_days=settings.operation_retention_days)
+    operations = OperationService(
+        db, events, tasks, retention_days=settings.operation_retention_days, presence=presence
+    )
     images = ImageService(
         db, settings, qemu_img, default_image=lambda: live.current.default_image, operations=operations
     )
@@ -103,6 +109,9 @@ async def build_container(settings: Settings, driver_factory: DriverFactory | No
     )
     users = UserService(db, settings, live, hashing)
     auth_service = AuthService(db, tokens, LoginGuard(limiter, settings), hashing, settings)
+    vms = VMService(
+        db, agent, images, events, live, settings, disk_reserve(settings), operations, tasks, audit
+    )
     return Container(
         settings=settings,
         db=db,
@@ -116,9 +125,8 @@ async def build_container(settings: Settings, driver_factory: DriverFactory | No
         auth=auth_service,
         users=users,
         images=images,
-        vms=VMService(
-            db, agent, images, events, live, settings, disk_reserve(settings), operations, tasks, audit
-        ),
+        vms=vms,
+        duty=HostDuty(settings.data_dir, vms),
         operations=operations,
         tasks=tasks,
         audit=audit,
@@ -160,12 +168,12 @@ async def start_services(container: Container) -> None:
             "SECURITY: the 'admin' account still uses the default password 'admin123'. "
             "Change it with PUT /api/v1/auth/password or 'voidvm-server user passwd admin'."
         )
+    await container.operations.recover()  # first: the image store's recovery reads what it left running
     await container.images.recover()
-    await container.operations.recover()
+    container.operations.start_reaping(then=container.images.recover)
     container.operations.start_pruning()
     container.events.start_pruning()
-    container.vms.start_watching()
-    await container.vms.recovery.reconcile()
+    await container.duty.start()  # this worker records the host's events, or waits its turn
     container.auth.start()
     container.monitor.start()
     container.consoles.start()
@@ -180,6 +188,8 @@ async def stop_services(container: Container) -> None:
     await container.consoles.close()
     await container.monitor.stop()
     await container.auth.stop()
+    await container.limiter.close()
+    await container.duty.stop()
     await container.vms.close()
     await container.tasks.close()
     await container.operations.close()
@@ -196,10 +206,13 @@ def create_app(
     settings: Settings,
     *,
     driver_factory: DriverFactory | None = None,
-    data_dir_lock: DataDirLock | None = None,
+    data_dir_lock: AbstractContextManager[object] | None = None,
+    on_ready: Callable[[], None] | None = None,
 ) -> FastAPI:
     """The app; its lifespan holds `data_dir_lock` (taken here when not given) while it runs: the
-    data directory's, or the API's own when the host agent runs apart (`agent_socket`)."""
+    data directory's, or the API's own when the host agent runs apart (`agent_socket`); an API
+    worker of `serve` is given a null one (the supervisor holds the lock). `on_ready` is called
+    once the services have started."""
     lock = data_dir_lock
     if lock is None:
         lock = DataDirLock(settings.data_dir, LOCK_FILE if settings.agent_socket is None else API_LOCK_FILE)
@@ -211,6 +224,8 @@ def create_app(
             app.state.container = container
             try:
                 await start_services(container)
+                if on_ready is not None:
+                    on_ready()
                 yield
             finally:
                 await stop_services(container)

@@ -17,6 +17,7 @@ from voidvm_server.services.audit import AuditLog
 from voidvm_server.services.auth import AuthService
 from voidvm_server.services.console import ConsoleHub
 from voidvm_server.services.event_log import EventLog
+from voidvm_server.services.host_duty import HostDuty
 from voidvm_server.services.images import ImageService
 from voidvm_server.services.live_config import LiveConfigStore
 from voidvm_server.services.monitor import ResourceMonitor
@@ -53,6 +54,7 @@ class Container:
     consoles: ConsoleHub
     tickets: TicketService
     presence: WorkerPresence
+    duty: HostDuty
     ws_hub: ConnectionHub
     host_policy: HostPolicy
     qemu_version: str = "unknown"

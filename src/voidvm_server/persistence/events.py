@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import delete, func, insert, select, text
+from sqlalchemy import Text, cast, delete, func, insert, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from voidvm_server.events.bus import Event
@@ -15,11 +15,18 @@ from voidvm_server.persistence.tables import EventRow
 # PostgreSQL: ids are taken in commit order, so a reader never sees id 11 before id 10 appears.
 # (SQLite has one writer at a time already.) The number only has to be VoidVM's own.
 EVENT_ORDER_LOCK = 0x766F6964766D  # "voidvm"
+# The channel every PostgreSQL writer of events notifies with each new id, at its commit: each
+# process's EventLog LISTENs on it to read the new events soon.
+EVENT_CHANNEL = "voidvm_events"
+_COLUMNS = (EventRow.id, EventRow.kind, EventRow.vm_id, EventRow.owner_id, EventRow.data, EventRow.created_at)
 
 
 def _event(row: EventRow) -> Event:
-    at = row.created_at if row.created_at.tzinfo else row.created_at.replace(tzinfo=UTC)  # SQLite drops it
-    return Event(row.id, row.kind, row.vm_id, row.owner_id, row.data, at)
+    return Event(row.id, row.kind, row.vm_id, row.owner_id, row.data, _utc(row.created_at))
+
+
+def _utc(at: datetime) -> datetime:
+    return at if at.tzinfo else at.replace(tzinfo=UTC)  # SQLite drops it
 
 
 class EventRepository:
@@ -28,11 +35,14 @@ class EventRepository:
 
     async def add(self, kind: str, data: dict[str, Any], *, vm_id: str | None, owner_id: str | None,
                   at: datetime) -> Event:  # fmt: skip
+        returning: list[Any] = [EventRow.id]
         if self.s.get_bind().dialect.name == "postgresql":
             await self.s.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": EVENT_ORDER_LOCK})
+            # The id on the channel, sent when the transaction commits (never if it rolls back).
+            returning.append(func.pg_notify(EVENT_CHANNEL, cast(EventRow.id, Text)))
         statement = insert(EventRow).values(kind=kind, vm_id=vm_id, owner_id=owner_id, data=data,
-                                            created_at=at).returning(EventRow.id)  # fmt: skip
-        event_id = (await self.s.execute(statement)).scalar_one()
+                                            created_at=at).returning(*returning)  # fmt: skip
+        event_id = (await self.s.execute(statement)).one()[0]
         return Event(int(event_id), kind, vm_id, owner_id, data, at)
 
     async def since(self, last_id: int, limit: int) -> list[Event]:
@@ -41,6 +51,14 @@ class EventRepository:
             select(EventRow).where(EventRow.id > last_id).order_by(EventRow.id.desc()).limit(limit)
         )
         return [_event(row) for row in reversed(rows.scalars().all())]
+
+    async def after(self, last_id: int, limit: int) -> list[Event]:
+        """The oldest `limit` events after `last_id`, oldest first (a follower's next page)."""
+        rows = await self.s.execute(
+            select(*_COLUMNS).where(EventRow.id > last_id).order_by(EventRow.id).limit(limit)
+        )
+        return [Event(id_, kind, vm_id, owner_id, data, _utc(at))
+                for id_, kind, vm_id, owner_id, data, at in rows.all()]  # fmt: skip
 
     async def newest_id(self) -> int:
         return int(await self.s.scalar(select(func.max(EventRow.id))) or 0)

@@ -40,10 +40,27 @@ class OperationRepository:
     def __init__(self, session: AsyncSession) -> None:
         self.session = session
 
-    async def add(self, operation: Operation) -> None:
+    async def add(self, operation: Operation, worker_id: str | None = None) -> None:
         values = asdict(operation)
         values["status"] = operation.status.value
-        self.session.add(OperationRow(**values))
+        self.session.add(OperationRow(**values, worker_id=worker_id))
+
+    async def worker_of(self, operation_id: str) -> str | None:
+        return await self.session.scalar(
+            select(OperationRow.worker_id).where(OperationRow.id == operation_id)
+        )
+
+    async def unfinished_for(self, resource_id: str) -> bool:
+        """Whether an operation on the resource is still pending or running."""
+        query = select(OperationRow.id).where(
+            OperationRow.resource_id == resource_id, OperationRow.status.in_(UNFINISHED)
+        )
+        return (await self.session.scalar(query.limit(1))) is not None
+
+    async def unfinished_outside(self, workers: set[str]) -> builtins.list[Operation]:
+        """Operations pending or running that no worker of `workers` runs."""
+        rows = await self.session.scalars(select(OperationRow).where(OperationRow.status.in_(UNFINISHED)))
+        return [_operation(row) for row in rows if row.worker_id not in workers]
 
     async def get(self, operation_id: str) -> Operation | None:
         row = await self.session.get(OperationRow, operation_id)
@@ -97,13 +114,3 @@ class OperationRepository:
             )
         )
         return int(result.rowcount)  # type: ignore[attr-defined]
-
-    async def fail_unfinished(self, error: dict[str, Any], at: datetime) -> builtins.list[Operation]:
-        """Mark every operation still pending or running failed with `error`; those it changed."""
-        rows = await self.session.scalars(select(OperationRow).where(OperationRow.status.in_(UNFINISHED)))
-        changed = []
-        for row in rows:
-            row.status, row.error, row.message = OperationStatus.FAILED.value, error, error["message"]
-            row.finished_at = row.updated_at = at
-            changed.append(_operation(row))
-        return changed

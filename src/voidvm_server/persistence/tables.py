@@ -157,6 +157,7 @@ class OperationRow(Base):
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     error: Mapped[dict[str, object] | None] = mapped_column(JSON)
     result: Mapped[dict[str, object] | None] = mapped_column(JSON)
+    worker_id: Mapped[str | None] = mapped_column(String(32))  # the API worker running it (0006)
 
 
 Index("ix_operations_newest_first", OperationRow.created_at.desc(), OperationRow.id)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import contextlib
 import logging
 import re
 import shutil
@@ -234,11 +235,13 @@ class ImageService:
             await ImageRepository(s).update(image_id, status=ImageStatus.ERROR.value, status_reason=reason)
 
     async def wait_ready(self, image_id: str) -> Image:
-        """Wait for a pull to finish; the image comes back `available` or `error`."""
+        """Wait for a pull to finish; the image comes back `available` or `error`. The row is
+        read again every second too: another API worker may be the one pulling it."""
         image = await self.get(image_id)
-        if image.status is ImageStatus.DOWNLOADING:
+        while image.status is ImageStatus.DOWNLOADING:
             event = self._ready.setdefault(image_id, asyncio.Event())
-            await event.wait()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(event.wait(), 1.0)
             image = await self.get(image_id)
         return image
 
@@ -411,13 +414,16 @@ class ImageService:
         await asyncio.to_thread(shutil.rmtree, self.image_dir(image.id), True)
 
     async def recover(self) -> None:
-        """After a restart, a download that was in progress will not finish: its partial files
-        go; a catalog pull says so (VMs wait on it), a URL import leaves nothing behind."""
+        """A download whose operation ended without it (its worker stopped: the operations'
+        `recover` failed it first) will not finish: its partial files go; a catalog pull says so
+        (VMs wait on it), a URL import leaves nothing behind."""
         async with self.db.session() as s:
             repo = ImageRepository(s)
             for image in await repo.list():
                 if image.status is not ImageStatus.DOWNLOADING:
                     continue
+                if self.operations is not None and await self.operations.is_unfinished_for(image.id):
+                    continue  # another worker is still pulling it
                 await asyncio.to_thread(shutil.rmtree, self.image_dir(image.id), True)
                 if is_catalog_pull(image) or await repo.in_use(image.id):
                     await repo.update(image.id, status=ImageStatus.ERROR.value,

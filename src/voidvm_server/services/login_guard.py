@@ -15,7 +15,9 @@ checked, and a correct password gives them back. So 30 parallel guesses at a 5-f
 Clients are counted by `client_key`: an IPv6 client by its /64, which one host usually holds
 whole, and every loopback address as one (a local user can bind any of 127.0.0.0/8). The budgets are kept
 for every name, existing or not, and the answers do not depend on it: they never tell whether an
-account exists. Counters live in the rate limiter's storage (memory, or Redis when shared).
+account exists. The counters are kept where the rate limiter keeps its budgets (a SQLite file
+shared by every worker on the host, or Redis when `redis_url` is set), so a guess counts the same
+whichever worker it reaches.
 """
 
 from __future__ import annotations

@@ -5,7 +5,10 @@
 - Every change is published as an `operation` event (the `operations` WebSocket topic).
 - A wait reads the row again on every change it hears of, and at least once a second, so it ends
   even when the change happened in another process.
-- An operation still running when its process ends is failed at the next start (`recover`).
+- An operation records the API worker that runs it. One whose worker is gone (killed, or the
+  whole server stopped) is failed by any other worker within seconds, and at the next start
+  (`recover`). A cancel reaches the work in whichever worker runs it (a `operation-cancel`
+  event, an internal kind no WebSocket topic shows).
 """
 
 from __future__ import annotations
@@ -31,11 +34,14 @@ from voidvm_server.services.clock import iso, now
 from voidvm_server.services.event_log import EventLog
 from voidvm_server.services.ids import is_valid_id, new_id
 from voidvm_server.services.tasks import BackgroundTasks, every
+from voidvm_server.services.workers import WorkerPresence
 
 log = logging.getLogger(__name__)
 MAX_WAIT_SECONDS = 60.0
 REREAD_SECONDS = 1.0  # a wait re-reads the row at least this often
 PRUNE_EVERY_SECONDS = 3600.0
+ORPHANS_EVERY_SECONDS = 5.0  # how often a worker looks for operations of workers that are gone
+CANCEL_EVENT = "operation-cancel"  # asks the worker that runs an operation to cancel it
 PROGRESS_EVERY_SECONDS = 0.5  # progress is written at most this often (and on every whole percent)
 S = OperationStatus
 
@@ -97,9 +103,16 @@ class Progress:
 
 class OperationService:
     def __init__(
-        self, db: Database, events: EventLog, tasks: BackgroundTasks, *, retention_days: float = 30.0
+        self,
+        db: Database,
+        events: EventLog,
+        tasks: BackgroundTasks,
+        *,
+        retention_days: float = 30.0,
+        presence: WorkerPresence | None = None,
     ) -> None:
         self.db = db
+        self.presence = presence  # None: one process, which runs every operation
         self.retention = timedelta(days=retention_days)
         self.events = events
         self.tasks = tasks
@@ -108,6 +121,7 @@ class OperationService:
         self._changed: dict[str, asyncio.Event] = {}
         self._stop_listening = events.bus.listen(self._heard)
         self._pruner: asyncio.Task[None] | None = None
+        self._reaper: asyncio.Task[None] | None = None
 
     # -- starting work -------------------------------------------------------------------------
     async def begin(
@@ -136,7 +150,7 @@ class OperationService:
             updated_at=stamp,
         )
         async with self.events.session() as s:
-            await OperationRepository(s).add(op)
+            await OperationRepository(s).add(op, self.presence.id if self.presence else None)
             await self._tell(s, op)
         return op
 
@@ -243,6 +257,11 @@ class OperationService:
             changed = self._changed.pop(event.data["id"], None)
             if changed is not None:
                 changed.set()
+        elif event.kind == CANCEL_EVENT:
+            task = self._running.get(event.data["id"])
+            if task is not None and not task.done():
+                self._cancel_asked.add(event.data["id"])
+                task.cancel()
 
     # -- cancelling ----------------------------------------------------------------------------
     async def cancel(self, principal: Principal, operation_id: str) -> Operation:
@@ -251,7 +270,10 @@ class OperationService:
             why = f"it has {op.status.value}" if op.finished else f"a {op.type} cannot be cancelled"
             raise ConflictError(f"The operation cannot be cancelled: {why}", code="NOT_CANCELLABLE")
         task = self._running.get(op.id)
-        if task is None:  # no process runs it any more: nothing to stop
+        if task is None and await self._runs_elsewhere(op.id):
+            await self.events.publish(CANCEL_EVENT, {"id": op.id}, vm_id=None, owner_id=None)
+            op = await self.wait(principal, op.id, MAX_WAIT_SECONDS)
+        elif task is None:  # no process runs it any more: nothing to stop
             await self._finish(op.id, status=S.CANCELLED.value, message="cancelled")
         else:
             self._cancel_asked.add(op.id)
@@ -272,14 +294,42 @@ class OperationService:
         return ended
 
     # -- restarts ------------------------------------------------------------------------------
+    async def _runs_elsewhere(self, operation_id: str) -> bool:
+        """Whether another live worker runs the operation."""
+        if self.presence is None:
+            return False
+        async with self.db.reading() as s:
+            worker = await OperationRepository(s).worker_of(operation_id)
+        return (
+            worker is not None and worker != self.presence.id and worker in await self.presence.live_workers()
+        )
+
     async def recover(self) -> None:
-        """Operations a previous server process left running cannot finish: fail them."""
-        async with self.events.session() as s:
-            cut_short = await OperationRepository(s).fail_unfinished(INTERRUPTED, now())
-            for op in cut_short:
-                await self._tell(s, op)
-        for op in cut_short:
-            log.warning("Operation %s (%s) was cut short by a restart", op.id, op.type)
+        """Operations whose worker is gone (an earlier server process, a killed worker) cannot
+        finish: fail them. Each is changed once however many workers look at the same time."""
+        alive = await self.presence.live_workers() if self.presence else set()
+        async with self.db.reading() as s:
+            orphans = await OperationRepository(s).unfinished_outside(alive)
+        for op in orphans:
+            values = {"status": S.FAILED.value, "message": INTERRUPTED["message"], "error": INTERRUPTED}
+            if await self._change(op.id, finished_at=now(), **values) is not None:
+                log.warning("Operation %s (%s) was cut short: the process running it stopped", op.id, op.type)
+
+    async def is_unfinished_for(self, resource_id: str) -> bool:
+        async with self.db.reading() as s:
+            return await OperationRepository(s).unfinished_for(resource_id)
+
+    def start_reaping(self, then: Callable[[], Awaitable[None]]) -> None:
+        """Look for the operations of workers that are gone now and then (with several
+        workers), and `then` clean up after them (the image store's partial downloads)."""
+
+        async def reap() -> None:
+            await self.recover()
+            await then()
+
+        if self.presence is not None and self._reaper is None:
+            reaping = every(ORPHANS_EVERY_SECONDS, reap, "Failing operations of stopped workers")
+            self._reaper = asyncio.get_running_loop().create_task(reaping, name="operation-reaper")
 
     def start_pruning(self) -> None:
         """Prune finished operations older than the retention now and then (hourly). A task of
@@ -302,7 +352,9 @@ class OperationService:
 
     async def close(self) -> None:
         self._stop_listening()
-        if self._pruner is not None:
-            self._pruner.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._pruner
+        for task in (self._pruner, self._reaper):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._reaper = None

@@ -1,4 +1,10 @@
-"""Request budgets on the `limits` library: memory storage on one server, Redis when shared."""
+"""Request budgets (moving windows) and counters on the `limits` library.
+
+Where they are kept decides who shares them: with `redis_url`, in Redis, shared by every server
+using it; else with `shared_path`, in that SQLite file (`SqliteLimitStorage`), shared by every
+worker process on the host, so a budget of 100 a minute is 100 however many workers serve it;
+with neither (tests), in this process's memory.
+"""
 
 from __future__ import annotations
 
@@ -6,10 +12,14 @@ import ipaddress
 import math
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from limits import RateLimitItem, parse
 from limits.aio.storage import MemoryStorage, RedisStorage, Storage
 from limits.aio.strategies import MovingWindowRateLimiter
+from limits.util import WindowStats
+
+from voidvm_server.services.shared_limits import SqliteLimitStorage
 
 
 def client_key(address: str) -> str:
@@ -38,11 +48,15 @@ class Verdict:
 
 
 class RateLimiter:
-    def __init__(self, redis_url: str | None = None, namespace: str = "voidvm") -> None:
+    def __init__(
+        self, redis_url: str | None = None, namespace: str = "voidvm", *, shared_path: Path | None = None
+    ) -> None:
         self.storage: Storage
         if redis_url:
             uri = "async+" + redis_url if redis_url.startswith("redis") else redis_url
             self.storage = RedisStorage(uri, implementation="redispy", key_prefix=namespace)
+        elif shared_path is not None:
+            self.storage = SqliteLimitStorage(shared_path)
         else:
             self.storage = MemoryStorage()
         self._limiter = MovingWindowRateLimiter(self.storage)
@@ -59,17 +73,27 @@ class RateLimiter:
         return Verdict(allowed, item.amount, max(0, stats.remaining), reset_after)
 
     async def hit(self, item: RateLimitItem, *key: str) -> Verdict:
-        allowed = await self._limiter.hit(item, *key)
-        stats = await self._limiter.get_window_stats(item, *key)
+        if isinstance(self.storage, SqliteLimitStorage):  # one trip to its thread, not two
+            expiry = item.get_expiry()
+            allowed, oldest, held = await self.storage.acquire_with_window(
+                item.key_for(*key), item.amount, expiry
+            )
+            stats = WindowStats(oldest + expiry, item.amount - held)
+        else:
+            allowed = await self._limiter.hit(item, *key)
+            stats = await self._limiter.get_window_stats(item, *key)
         reset_after = max(1, math.ceil(stats.reset_time - time.time()))
         return Verdict(allowed, item.amount, max(0, stats.remaining), reset_after)
 
     async def count(self, key: str, window_seconds: int, amount: int = 1) -> tuple[int, int]:
         """Add `amount` (negative to give back) to a counter that lives `window_seconds` from its
-        first hit; returns (the new value, seconds until the window ends). Atomic in both
-        storages, so parallel callers each see a distinct value."""
-        value = await self.storage.incr(f"counter/{key}", window_seconds, amount)
-        expires = await self.storage.get_expiry(f"counter/{key}")
+        first hit; returns (the new value, seconds until the window ends). Atomic in every
+        storage, so parallel callers (in any worker) each see a distinct value."""
+        if isinstance(self.storage, SqliteLimitStorage):  # one trip to its thread, not two
+            value, expires = await self.storage.incr_with_expiry(f"counter/{key}", window_seconds, amount)
+        else:
+            value = await self.storage.incr(f"counter/{key}", window_seconds, amount)
+            expires = await self.storage.get_expiry(f"counter/{key}")
         return value, max(1, math.ceil(expires - time.time()))
 
     async def peek(self, key: str) -> int:
@@ -81,3 +105,8 @@ class RateLimiter:
 
     async def reset(self) -> None:
         await self.storage.reset()
+
+    async def close(self) -> None:
+        """At shutdown: closes the SQLite file, when the budgets are kept in one."""
+        if isinstance(self.storage, SqliteLimitStorage):
+            await self.storage.close()

@@ -157,7 +157,7 @@ class VMRecovery:
                     async with self.svc._lock(vm_id):
                         vm = await self.svc.state.load(vm_id)
                         if vm is None:
-                            self.svc._locks.pop(vm_id, None)
+                            self.svc._locks.forget(vm_id, deleted=True)
                             return
                         await self.reconcile_one(vm, server_restarted=False)
                     log.info("VM %s re-checked after the database came back", vm_id)

@@ -60,6 +60,7 @@ from voidvm_server.services.live_config import LiveConfigStore
 from voidvm_server.services.operations import OperationService, Progress
 from voidvm_server.services.ssh_ports import SshPorts, free_loopback_port
 from voidvm_server.services.tasks import BackgroundTasks
+from voidvm_server.services.vm_locks import VMLock, VMLocks
 from voidvm_server.services.vm_recovery import VMRecovery
 from voidvm_server.services.vm_requests import VMCreate, VMQuery, VMUpdate, parse_sort
 from voidvm_server.services.vm_state import VMStateStore
@@ -101,7 +102,7 @@ class VMService:
         self.images = images
         self.live = live
         self.settings = settings
-        self._locks: dict[str, asyncio.Lock] = {}
+        self._locks = VMLocks(settings.data_dir / "locks")
         self._expecting_exit: set[str] = set()
         self._crash_restarts = CrashRestarts()
         self.events = events
@@ -109,7 +110,7 @@ class VMService:
         self.ssh_ports = SshPorts(db, events)
         self.recovery = VMRecovery(self)
         # Subscribed now, read once watching starts: nothing the host reports in between is lost.
-        self._feed: EventFeed = agent.subscribe()
+        self._feed: EventFeed | None = None  # the host's events, while this worker has the duty
         self._watcher: asyncio.Task[None] | None = None
 
     # -- the audit log -------------------------------------------------------------------------
@@ -224,7 +225,7 @@ class VMService:
                     await VMRepository(s).add(vm)
                     await self.state.tell(s, vm, S.CREATING, None)
             except BaseException:
-                self._locks.pop(vm.id, None)
+                self._locks.forget(vm.id, deleted=True)
                 raise
             if image.status is ImageStatus.DOWNLOADING:
                 starter = principal if spec.auto_start else None
@@ -266,7 +267,7 @@ class VMService:
                 await UserRepository(s).release(vm.owner_id, vm.cpu, vm.memory_mb, vm.disk_gb)
                 await self.state.tell_deleted(s, vm, None)
         await self.agent.destroy(vm.id)
-        self._locks.pop(vm.id, None)
+        self._locks.forget(vm.id, deleted=True)
 
     async def _finish_create_after_pull(self, vm: VM, starter: Principal | None) -> None:
         """Finish a create that waited for its image; `starter` asked for `auto_start`."""
@@ -288,7 +289,7 @@ class VMService:
                 current = await self.state.load(vm.id)
                 if current is None or current.status is not S.CREATING:
                     if current is None:
-                        self._locks.pop(vm.id, None)
+                        self._locks.forget(vm.id, deleted=True)
                     return False  # deleted (DELETE ?force=true) while the image was downloading
                 if image.status is not ImageStatus.AVAILABLE:
                     await self.state.set(vm.id, S.ERROR, f"image '{image.name}': {image.status_reason}")
@@ -362,8 +363,8 @@ class VMService:
             return updated
 
     # -- actions -------------------------------------------------------------------------------
-    def _lock(self, vm_id: str) -> asyncio.Lock:
-        return self._locks.setdefault(vm_id, asyncio.Lock())
+    def _lock(self, vm_id: str) -> VMLock:
+        return self._locks(vm_id)
 
     async def action(
         self,
@@ -426,7 +427,7 @@ class VMService:
 
     async def _begin_action(
         self, principal: Principal, vm_id: str, action: str, force: bool, timeout: float | None
-    ) -> tuple[VM, _Work, asyncio.Lock]:
+    ) -> tuple[VM, _Work, VMLock]:
         """Check and record an action's intent; the VM then, its work, and the VM's lock (held)."""
         permission = {"stop": "vm:stop", "pause": "vm:stop"}.get(action, "vm:start")
         principal.require(permission)
@@ -580,7 +581,7 @@ class VMService:
         async with self._lock(vm.id):
             with self.recovery.resync_if_the_database_fails(vm.id):
                 await self._delete_locked(vm.id, force)
-        self._locks.pop(vm.id, None)
+        self._locks.forget(vm.id, deleted=True)
 
     async def _delete_locked(self, vm_id: str, force: bool) -> None:
         vm = await self.state.reload(vm_id)
@@ -643,21 +644,23 @@ class VMService:
 
     # -- what the host reports -----------------------------------------------------------------
     def start_watching(self) -> None:
-        """Read the host's events (exits, pauses) from now on; those since construction first."""
+        """Read the host's events (exits, pauses) from now on (`HostDuty`: one worker does)."""
         if self._watcher is None:
-            self._watcher = asyncio.create_task(self._watch(), name="vm-events")
+            self._feed = self.agent.subscribe()
+            self._watcher = asyncio.create_task(self._watch(self._feed), name="vm-events")
 
     async def close(self) -> None:
-        self._feed.close()
+        if self._feed is not None:
+            self._feed.close()
         if self._watcher is not None:
             self._watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._watcher
             self._watcher = None
 
-    async def _watch(self) -> None:
+    async def _watch(self, feed: EventFeed) -> None:
         while True:
-            event = await self._feed.next()
+            event = await feed.next()
             try:
                 self.handle_host_event(event)
             except Exception:  # one bad report must not end the watching of every VM
@@ -704,7 +707,7 @@ class VMService:
     async def _record_exit_locked(self, vm_id: str, pid: int, clean: bool, reason: str) -> None:
         vm = await self.state.load(vm_id)
         if vm is None:
-            self._locks.pop(vm_id, None)
+            self._locks.forget(vm_id, deleted=True)
             return
         if vm.status in {S.STOPPED, S.ERROR, S.DELETING}:
             return

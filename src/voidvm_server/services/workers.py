@@ -103,6 +103,16 @@ class WorkerPresence:
         async with self.db.session() as s:
             await WorkerRepository(s).free_seat(seat_id)
 
+    async def live_workers(self) -> set[str]:
+        """The ids of the workers alive now: a fresh heartbeat, and on this host a process."""
+        async with self.db.reading() as s:
+            rows = (await s.execute(
+                select(ApiWorkerRow.id, ApiWorkerRow.host, ApiWorkerRow.pid)
+                .where(ApiWorkerRow.heartbeat_at >= self._alive_after())
+            )).all()  # fmt: skip
+        return {worker_id for worker_id, host, pid in rows
+                if worker_id == self.id or host != self.host or _process_exists(pid)}  # fmt: skip
+
     async def seats_of(self, user_id: str) -> int:
         async with self.db.reading() as s:
             return await WorkerRepository(s).seats_of(user_id, self._alive_after())

@@ -8,7 +8,8 @@ Console tickets and the count of each user's open WebSockets lived in one proces
 with several API workers a ticket issued by one could not open a console through another, and a
 user could hold 10 sockets on each. They are rows now: tickets are deleted as they are redeemed;
 a seat is a socket held open by a worker, which counts only while its worker's heartbeat is fresh
-(a worker killed with its sockets frees their seats that way).
+(a worker killed with its sockets frees their seats that way). An operation records the worker
+that runs it, so one cut short by that worker's death is failed while the others run on.
 """
 
 from collections.abc import Sequence
@@ -53,9 +54,12 @@ def upgrade() -> None:
     )
     op.create_index("ix_websocket_seats_user", "websocket_seats", ["user_id"])
     op.create_index("ix_websocket_seats_worker", "websocket_seats", ["worker_id"])
+    op.add_column("operations", sa.Column("worker_id", sa.String(32), nullable=True))
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("operations") as batch:
+        batch.drop_column("worker_id")
     op.drop_table("websocket_seats")
     op.drop_table("api_workers")
     op.drop_table("console_tickets")

@@ -1,0 +1,211 @@
+"""`voidvm-server serve`: the host agent and the API workers, kept running.
+
+- The host agent (`voidvm-server agent`) owns the QEMU processes. `serve` finds the one that
+  answers on the agent socket, or starts one and stops it again on the way out (its VMs keep
+  running either way: QEMU never depends on the agent). One it started and that dies is started
+  again; the workers' connections find it by themselves.
+- `workers` API processes (uvicorn apps, by default one per core) share one listening socket,
+  which `serve` binds; the kernel spreads the connections. They start one after the other (the
+  first creates the admin account, recovers what an earlier run left), then serve together.
+  Everything a request needs is in the database or the agent, so a worker that dies is simply
+  started again and the others carry on.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from multiprocessing.context import SpawnProcess
+from multiprocessing.synchronize import Event as ProcessEvent
+from pathlib import Path
+from types import FrameType
+
+from voidvm_server.config import Settings
+
+log = logging.getLogger(__name__)
+AGENT_READY_SECONDS = 120.0  # the agent takes its running VMs back before it answers
+WORKER_READY_SECONDS = 120.0
+CHECK_SECONDS = 0.5
+RESTART_PAUSE_SECONDS = 1.0  # between two restarts of one process that keeps dying
+
+
+class ServeError(RuntimeError):
+    """`serve` could not start (the agent or a worker did not come up)."""
+
+
+def default_workers() -> int:
+    return max(1, os.cpu_count() or 1)
+
+
+def agent_socket_path(settings: Settings) -> Path:
+    return settings.agent_socket or settings.data_dir / "agent.sock"
+
+
+def agent_answers(path: Path) -> bool:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        probe.settimeout(1.0)
+        try:
+            probe.connect(str(path))
+        except OSError:
+            return False
+    return True
+
+
+def listening_socket(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def run_worker(settings: Settings, sock: socket.socket, ready: ProcessEvent) -> None:
+    """One API worker (a spawned process): the app over the shared socket until SIGTERM."""
+    import uvicorn
+
+    from voidvm_server.api.app import create_app
+    from voidvm_server.api.serving import serving_config
+    from voidvm_server.logging_setup import configure_logging
+
+    configure_logging(settings.log_level, json_lines=settings.log_json)
+    app = create_app(settings, data_dir_lock=nullcontext(), on_ready=ready.set)
+    uvicorn.Server(serving_config(app, settings)).run(sockets=[sock])
+
+
+@dataclass
+class _Worker:
+    index: int
+    process: SpawnProcess
+    ready: ProcessEvent
+    restarts: list[float] = field(default_factory=list)
+
+
+class Supervisor:
+    def __init__(self, settings: Settings, *, workers: int, config_file: Path | None = None) -> None:
+        self.workers = max(1, workers)
+        self.config_file = config_file
+        self.agent_path = agent_socket_path(settings)
+        self.settings = settings.model_copy(update={"agent_socket": self.agent_path})
+        self._context = multiprocessing.get_context("spawn")
+        self._agent: subprocess.Popen[bytes] | None = None
+        self._workers: list[_Worker] = []
+        self._socket: socket.socket | None = None
+        self._stopping = False
+
+    # -- the agent -------------------------------------------------------------------------------
+    def _ensure_agent(self) -> None:
+        if agent_answers(self.agent_path):
+            if self._agent is None:
+                log.info("Using the host agent already running on %s", self.agent_path)
+            return
+        command = [sys.executable, "-m", "voidvm_server.cli", "agent"]
+        if self.config_file is not None:
+            command += ["--config", str(self.config_file)]
+        env = {**os.environ, "VOIDVM_AGENT_SOCKET": str(self.agent_path)}
+        self._agent = subprocess.Popen(command, env=env)
+        deadline = time.monotonic() + AGENT_READY_SECONDS
+        while not agent_answers(self.agent_path):
+            if self._agent.poll() is not None:
+                raise ServeError(f"the host agent exited with status {self._agent.returncode}")
+            if time.monotonic() > deadline:
+                raise ServeError(f"the host agent did not answer on {self.agent_path}")
+            time.sleep(0.1)
+        log.info("Host agent started (pid %d)", self._agent.pid)
+
+    # -- the workers -----------------------------------------------------------------------------
+    def _spawn(self, index: int) -> _Worker:
+        assert self._socket is not None
+        ready = self._context.Event()
+        process = self._context.Process(
+            target=run_worker, args=(self.settings, self._socket, ready), name=f"voidvm-api-{index}"
+        )
+        process.start()
+        return _Worker(index, process, ready)
+
+    def _await_ready(self, worker: _Worker) -> None:
+        deadline = time.monotonic() + WORKER_READY_SECONDS
+        while not worker.ready.wait(0.1):
+            if not worker.process.is_alive():
+                raise ServeError(f"API worker {worker.index} exited while starting (see the log above)")
+            if time.monotonic() > deadline:
+                raise ServeError(f"API worker {worker.index} did not start in {WORKER_READY_SECONDS:g} s")
+
+    # -- running -----------------------------------------------------------------------------------
+    def run(self) -> None:
+        previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            self._ensure_agent()
+            self._socket = listening_socket(self.settings.host, self.settings.port)
+            for index in range(self.workers):
+                if self._stopping:
+                    return
+                worker = self._spawn(index)
+                self._workers.append(worker)
+                self._await_ready(worker)
+            log.info("VoidVM serving on http://%s:%d with %d API workers", self.settings.host,
+                     self.settings.port, self.workers)  # fmt: skip
+            while not self._stopping:
+                time.sleep(CHECK_SECONDS)
+                self._keep_running()
+        finally:
+            self._shutdown()
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
+        self._stopping = True
+
+    def _keep_running(self) -> None:
+        if self._agent is not None and self._agent.poll() is not None and not self._stopping:
+            log.warning("The host agent exited (status %s); starting it again", self._agent.returncode)
+            self._agent = None
+            try:
+                self._ensure_agent()
+            except ServeError as exc:
+                log.error("%s; trying again", exc)
+                time.sleep(RESTART_PAUSE_SECONDS)
+        for slot, worker in enumerate(self._workers):
+            if worker.process.is_alive() or self._stopping:
+                continue
+            log.warning("API worker %d exited (status %s); starting another", worker.index,
+                        worker.process.exitcode)  # fmt: skip
+            recent = [t for t in worker.restarts if time.monotonic() - t < 60]
+            if len(recent) >= 5:
+                time.sleep(RESTART_PAUSE_SECONDS)  # it keeps dying: do not spin
+            replacement = self._spawn(worker.index)
+            replacement.restarts = [*recent, time.monotonic()]
+            self._workers[slot] = replacement
+
+    def _shutdown(self) -> None:
+        self._stopping = True
+        for worker in self._workers:
+            if worker.process.is_alive() and worker.process.pid is not None:
+                os.kill(worker.process.pid, signal.SIGTERM)
+        for worker in self._workers:
+            worker.process.join(30)
+            if worker.process.is_alive():
+                worker.process.kill()
+                worker.process.join(5)
+        if self._socket is not None:
+            self._socket.close()
+        if self._agent is not None and self._agent.poll() is None:
+            self._agent.send_signal(signal.SIGTERM)  # it lets go of the VMs; they keep running
+            try:
+                self._agent.wait(30)
+            except subprocess.TimeoutExpired:
+                self._agent.kill()
+                self._agent.wait(5)

@@ -1,0 +1,209 @@
+"""`voidvm-server serve --workers 2` as the README runs it: the host agent and two API workers.
+
+What one worker alone could not keep honest is checked across both: every request goes on a
+connection of its own, so the kernel hands them to either worker. Then the processes are killed:
+a worker (the VM, its console and the other worker carry on; `serve` starts another) and the
+agent (it comes back and takes the same QEMU back).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
+
+from tests.conftest import IN_CI, qemu_missing_reason
+from tests.server_process import ServerProcess, spawn_server
+
+TIMEOUT = 60.0
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    reason = qemu_missing_reason()
+    if reason:
+        if IN_CI:
+            pytest.fail(reason)
+        pytest.skip(reason)
+    served = spawn_server(tmp_path_factory.mktemp("workers"), env={"VOIDVM_WORKERS": "2"})
+    try:
+        yield served
+    finally:
+        served.stop()
+
+
+def children(pid: int) -> list[int]:
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):
+            found += [int(p) for p in (task / "children").read_text().split()]
+    return found
+
+
+def command_line(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+def workers_of(server: ServerProcess) -> list[int]:
+    return [p for p in children(server.process.pid) if "spawn_main" in command_line(p)]
+
+
+def agent_of(server: ServerProcess) -> list[int]:
+    return [p for p in children(server.process.pid) if "voidvm_server.cli agent" in command_line(p)]
+
+
+def qemu_of(vm_id: str) -> list[int]:
+    pids = [int(p) for p in os.listdir("/proc") if p.isdigit()]
+    return [p for p in pids if "qemu-system" in (line := command_line(p)) and vm_id in line]
+
+
+def fresh(server: ServerProcess) -> httpx.Client:
+    """A client that opens a new connection for every request: either worker may answer it."""
+    return httpx.Client(base_url=server.base_url, headers={"Connection": "close"}, timeout=30)
+
+
+def user_token(server: ServerProcess, name: str) -> str:
+    admin = server.login()
+    with fresh(server) as http:
+        created = http.post("/users", json={"username": name, "password": "s3cret-pass", "email": None},
+                            headers={"Authorization": f"Bearer {admin}"})  # fmt: skip
+        assert created.status_code == 201, created.text
+    return server.login(name, "s3cret-pass")
+
+
+def wait_until(condition: object, what: str, timeout: float = TIMEOUT) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():  # type: ignore[operator]
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.2)
+
+
+def test_two_workers_and_the_agent_run_under_serve(server: ServerProcess) -> None:
+    assert len(workers_of(server)) == 2 and len(agent_of(server)) == 1
+    assert oct((server.data_dir / "agent.sock").stat().st_mode & 0o777) == "0o600"
+
+
+def test_a_user_gets_exactly_100_requests_a_minute_across_workers(server: ServerProcess) -> None:
+    token = user_token(server, "counted")
+    headers = {"Authorization": f"Bearer {token}"}
+    with fresh(server) as http:
+        codes = [http.get("/vms", headers=headers).status_code for _ in range(115)]
+    assert codes.count(200) == 100 and codes.count(429) == 15
+    assert codes[:100] == [200] * 100  # the window is one, whichever worker counts
+
+
+@contextlib.asynccontextmanager
+async def event_socket(server: ServerProcess, token: str) -> AsyncIterator[ClientConnection]:
+    url = server.base_url.replace("http://", "ws://").removesuffix("/api/v1") + "/ws"
+    async with connect(url, additional_headers={"Authorization": f"Bearer {token}"}) as ws:
+        yield ws
+
+
+async def closed_with(ws: ClientConnection) -> int | None:
+    """The close code, or None while the socket answers a ping."""
+    await ws.send('{"type": "ping", "id": "p"}')
+    try:
+        async with asyncio.timeout(TIMEOUT):
+            while True:
+                if '"pong"' in str(await ws.recv()):
+                    return None
+    except ConnectionClosed:
+        return ws.close_code
+
+
+async def test_a_user_holds_at_most_10_websockets_across_workers(server: ServerProcess) -> None:
+    token = await asyncio.to_thread(user_token, server, "sockets")
+    async with contextlib.AsyncExitStack() as stack:
+        sockets = [await stack.enter_async_context(event_socket(server, token)) for _ in range(10)]
+        assert [await closed_with(ws) for ws in sockets] == [None] * 10
+        async with event_socket(server, token) as eleventh:
+            assert await closed_with(eleventh) == 1008
+        await sockets[0].close()
+        async with asyncio.timeout(TIMEOUT):
+            while True:  # the seat is freed as the socket ends, by whichever worker held it
+                async with event_socket(server, token) as again:
+                    if await closed_with(again) is None:
+                        break
+                await asyncio.sleep(0.1)
+
+
+def start_vm(server: ServerProcess, token: str, name: str) -> str:
+    headers = {"Authorization": f"Bearer {token}"}
+    with fresh(server) as http:
+        created = http.post("/vms", json={"name": name, "cpu": 1, "memory": 128, "disk": 1}, headers=headers)
+        assert created.status_code == 201, created.text
+        vm_id = str(created.json()["data"]["id"])
+        started = http.post(f"/vms/{vm_id}/start", headers=headers)
+        assert started.status_code == 200 and started.json()["data"]["status"] == "running", started.text
+    return vm_id
+
+
+def ticket(server: ServerProcess, token: str, vm_id: str) -> str:
+    with fresh(server) as http:
+        issued = http.post(f"/vms/{vm_id}/console", json={"type": "serial"},
+                           headers={"Authorization": f"Bearer {token}"})  # fmt: skip
+        assert issued.status_code == 201, issued.text
+        return str(issued.json()["data"]["url"])
+
+
+async def console_says(url: str, marker: str) -> bool:
+    """Type `echo <marker>` into the serial console; True once the guest echoes it back."""
+    async with connect(url) as ws:
+        seen, typed_at = b"", 0.0
+        async with asyncio.timeout(TIMEOUT):
+            while f"{marker}-42".encode() not in seen:
+                if time.monotonic() - typed_at > 3:  # again until the shell is up to read it
+                    await ws.send(f"\necho {marker}-$((6*7))\n".encode())
+                    typed_at = time.monotonic()
+                with contextlib.suppress(TimeoutError):
+                    message = await asyncio.wait_for(ws.recv(), 1)
+                    seen += message.encode() if isinstance(message, str) else message
+    return True
+
+
+async def test_a_ticket_opens_one_console_whichever_worker_redeems_it(server: ServerProcess) -> None:
+    token = server.login()
+    vm_id = await asyncio.to_thread(start_vm, server, token, "ticketed")
+    url = await asyncio.to_thread(ticket, server, token, vm_id)
+    assert await console_says(url, "first")
+    async with connect(url) as again:  # spent: whichever worker takes it, the row is gone
+        with pytest.raises(ConnectionClosed):
+            async with asyncio.timeout(TIMEOUT):
+                await again.recv()
+        assert again.close_code == 4401
+
+
+async def test_killing_a_worker_or_the_agent_leaves_the_vm_and_its_console_running(
+    server: ServerProcess,
+) -> None:
+    token = server.login()
+    vm_id = await asyncio.to_thread(start_vm, server, token, "survivor")
+    headers = {"Authorization": f"Bearer {token}"}
+    qemu = qemu_of(vm_id)
+    assert len(qemu) == 1
+
+    for victim in (workers_of(server)[0], agent_of(server)[0]):
+        os.kill(victim, signal.SIGKILL)
+        gone = lambda pid=victim: pid not in children(server.process.pid)  # noqa: E731
+        await asyncio.to_thread(wait_until, gone, "the kill")
+        await asyncio.to_thread(
+            wait_until, lambda: len(workers_of(server)) == 2 and len(agent_of(server)) == 1, "serve's restart"
+        )
+        url = await asyncio.to_thread(ticket, server, token, vm_id)
+        assert await console_says(url, f"after-{victim}")  # the same guest, still up
+        with fresh(server) as http:
+            assert http.get(f"/vms/{vm_id}", headers=headers).json()["data"]["status"] == "running"
+        assert qemu_of(vm_id) == qemu  # the same process, never a second one
