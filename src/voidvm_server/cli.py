@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import getpass
 import shutil
+import signal
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -96,11 +97,18 @@ async def _migrate(db: Database) -> None:
 
 
 @app.command()
-def agent(config: ConfigOption = None) -> None:
+def agent(
+    config: ConfigOption = None,
+    exit_with: Annotated[int | None, typer.Option(hidden=True, help="stop when this pid ends")] = None,
+) -> None:
     """Run the host agent: it owns this host's QEMU processes and serves the API processes on a
     private unix socket (VOIDVM_AGENT_SOCKET, by default <data dir>/agent.sock)."""
     from voidvm_server.agent.process import run_agent
 
+    if exit_with is not None:  # started by `serve`: it stops (letting go of the VMs) with it
+        from voidvm_server.supervisor import exit_with_parent
+
+        exit_with_parent(signal.SIGTERM, exit_with)
     settings = _settings(config)
     lock = _lock_data_dir(settings.data_dir)  # the agent owns the VMs: one per data directory
     try:

@@ -81,7 +81,8 @@ class Settings(BaseSettings):
 
     # Guest networking: one passt per VM, run as `guest_net_user` (when the server is root) inside
     # `guest_netns` (a name under /run/netns, as `ip netns` makes; None = the host's namespace).
-    # The host agent's socket (`voidvm-server agent`); None: the API runs the host in its own process.
+    # The host agent's socket (`voidvm-server agent`). `serve` uses <data dir>/agent.sock when it is
+    # None; an app built without one (the tests') runs the host in its own process.
     agent_socket: Path | None = None
     workers: int | None = Field(default=None, ge=1, le=64)  # `serve`'s API processes; None: one per core
     passt_binary: str | None = None  # None: the one scripts/build-passt.sh installs, else PATH's

@@ -13,6 +13,8 @@
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import logging
 import multiprocessing
 import os
@@ -28,12 +30,16 @@ from multiprocessing.synchronize import Event as ProcessEvent
 from pathlib import Path
 from types import FrameType
 
+from voidvm_server.agent.process import agent_socket
 from voidvm_server.config import Settings
 
 log = logging.getLogger(__name__)
 AGENT_READY_SECONDS = 120.0  # the agent takes its running VMs back before it answers
+AGENT_RETRY_SECONDS = 20.0  # an agent that exits at start is started again this long
 WORKER_READY_SECONDS = 120.0
 CHECK_SECONDS = 0.5
+BIND_PATIENCE_SECONDS = 10.0
+PR_SET_PDEATHSIG = 1  # prctl(2)
 RESTART_PAUSE_SECONDS = 1.0  # between two restarts of one process that keeps dying
 
 
@@ -41,12 +47,20 @@ class ServeError(RuntimeError):
     """`serve` could not start (the agent or a worker did not come up)."""
 
 
+def exit_with_parent(signum: int, parent: int) -> None:
+    """Have the kernel send `signum` to this process when `parent` (the `serve` that started it)
+    dies, kill -9 included: a worker or agent must never outlive its supervisor unseen (it would
+    keep the port, or the VMs' consoles, from the next `serve`)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_PDEATHSIG, signum, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+    if os.getppid() != parent:  # it died before the request was made
+        os.kill(os.getpid(), signum)
+
+
 def default_workers() -> int:
-    return max(1, os.cpu_count() or 1)
-
-
-def agent_socket_path(settings: Settings) -> Path:
-    return settings.agent_socket or settings.data_dir / "agent.sock"
+    """One per core this process may run on."""
+    return max(1, len(os.sched_getaffinity(0)))
 
 
 def agent_answers(path: Path) -> bool:
@@ -59,22 +73,31 @@ def agent_answers(path: Path) -> bool:
     return True
 
 
-def listening_socket(host: str, port: int) -> socket.socket:
+def listening_socket(host: str, port: int, *, patience: float = BIND_PATIENCE_SECONDS) -> socket.socket:
+    """The socket the workers share. The workers of a `serve` just killed may hold the port for a
+    moment yet (the kernel is ending them): a busy port is tried again for `patience` seconds."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-    except OSError:
-        sock.close()
-        raise
+    deadline = time.monotonic() + patience
+    while True:
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+            break
+        except OSError as exc:
+            sock.close()
+            if exc.errno != errno.EADDRINUSE or time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
     sock.listen(2048)
     sock.set_inheritable(True)
     return sock
 
 
-def run_worker(settings: Settings, sock: socket.socket, ready: ProcessEvent) -> None:
-    """One API worker (a spawned process): the app over the shared socket until SIGTERM."""
+def run_worker(settings: Settings, sock: socket.socket, ready: ProcessEvent, parent: int) -> None:
+    """One API worker (a spawned process): the app over the shared socket until SIGTERM, or
+    until `serve` dies (then at once: as the whole server would have died)."""
+    exit_with_parent(signal.SIGKILL, parent)
     import uvicorn
 
     from voidvm_server.api.app import create_app
@@ -98,7 +121,7 @@ class Supervisor:
     def __init__(self, settings: Settings, *, workers: int, config_file: Path | None = None) -> None:
         self.workers = max(1, workers)
         self.config_file = config_file
-        self.agent_path = agent_socket_path(settings)
+        self.agent_path = agent_socket(settings)
         self.settings = settings.model_copy(update={"agent_socket": self.agent_path})
         self._context = multiprocessing.get_context("spawn")
         self._agent: subprocess.Popen[bytes] | None = None
@@ -108,30 +131,38 @@ class Supervisor:
 
     # -- the agent -------------------------------------------------------------------------------
     def _ensure_agent(self) -> None:
-        if agent_answers(self.agent_path):
-            if self._agent is None:
-                log.info("Using the host agent already running on %s", self.agent_path)
-            return
-        command = [sys.executable, "-m", "voidvm_server.cli", "agent"]
-        if self.config_file is not None:
-            command += ["--config", str(self.config_file)]
-        env = {**os.environ, "VOIDVM_AGENT_SOCKET": str(self.agent_path)}
-        self._agent = subprocess.Popen(command, env=env)
+        """An agent answering on the socket: the one there, or one started now. A start that
+        exits is tried again for AGENT_RETRY_SECONDS (the last `serve`'s agent may still hold the
+        data directory's lock for a few seconds while it lets go of its VMs)."""
         deadline = time.monotonic() + AGENT_READY_SECONDS
+        retry_until = time.monotonic() + AGENT_RETRY_SECONDS
         while not agent_answers(self.agent_path):
-            if self._agent.poll() is not None:
+            command = [sys.executable, "-m", "voidvm_server.cli", "agent", "--exit-with", str(os.getpid())]
+            if self.config_file is not None:
+                command += ["--config", str(self.config_file)]
+            env = {**os.environ, "VOIDVM_AGENT_SOCKET": str(self.agent_path)}
+            self._agent = subprocess.Popen(command, env=env)
+            while not agent_answers(self.agent_path) and self._agent.poll() is None:
+                if time.monotonic() > deadline:
+                    raise ServeError(f"the host agent did not answer on {self.agent_path}")
+                time.sleep(0.1)
+            if self._agent.poll() is None:
+                log.info("Host agent started (pid %d)", self._agent.pid)
+                return
+            if time.monotonic() > retry_until:
                 raise ServeError(f"the host agent exited with status {self._agent.returncode}")
-            if time.monotonic() > deadline:
-                raise ServeError(f"the host agent did not answer on {self.agent_path}")
-            time.sleep(0.1)
-        log.info("Host agent started (pid %d)", self._agent.pid)
+            time.sleep(0.5)
+        if self._agent is None:
+            log.info("Using the host agent already running on %s", self.agent_path)
 
     # -- the workers -----------------------------------------------------------------------------
     def _spawn(self, index: int) -> _Worker:
         assert self._socket is not None
         ready = self._context.Event()
         process = self._context.Process(
-            target=run_worker, args=(self.settings, self._socket, ready), name=f"voidvm-api-{index}"
+            target=run_worker,
+            args=(self.settings, self._socket, ready, os.getpid()),
+            name=f"voidvm-api-{index}",
         )
         process.start()
         return _Worker(index, process, ready)
@@ -170,8 +201,14 @@ class Supervisor:
         self._stopping = True
 
     def _keep_running(self) -> None:
-        if self._agent is not None and self._agent.poll() is not None and not self._stopping:
-            log.warning("The host agent exited (status %s); starting it again", self._agent.returncode)
+        if self._stopping:
+            return
+        ours_ended = self._agent is not None and self._agent.poll() is not None
+        # One found running (say, the last `serve`'s, on its way out) may end too.
+        found_gone = self._agent is None and not agent_answers(self.agent_path)
+        if ours_ended or found_gone:
+            status = self._agent.returncode if self._agent is not None else "unknown"
+            log.warning("The host agent exited (status %s); starting it again", status)
             self._agent = None
             try:
                 self._ensure_agent()
@@ -193,8 +230,8 @@ class Supervisor:
     def _shutdown(self) -> None:
         self._stopping = True
         for worker in self._workers:
-            if worker.process.is_alive() and worker.process.pid is not None:
-                os.kill(worker.process.pid, signal.SIGTERM)
+            if worker.process.exitcode is None:
+                worker.process.terminate()  # SIGTERM: uvicorn finishes what it answers, then stops
         for worker in self._workers:
             worker.process.join(30)
             if worker.process.is_alive():

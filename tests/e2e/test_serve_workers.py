@@ -207,3 +207,56 @@ async def test_killing_a_worker_or_the_agent_leaves_the_vm_and_its_console_runni
         with fresh(server) as http:
             assert http.get(f"/vms/{vm_id}", headers=headers).json()["data"]["status"] == "running"
         assert qemu_of(vm_id) == qemu  # the same process, never a second one
+
+
+@pytest.fixture
+def pausing_server(tmp_path: Path) -> Iterator[ServerProcess]:
+    """Its workers hang for good just before spawning a QEMU (VOIDVM_TEST_PAUSE_AT), writing
+    their pid to a marker: the test kills that very worker in the middle of a start."""
+    reason = qemu_missing_reason()
+    if reason:
+        if IN_CI:
+            pytest.fail(reason)
+        pytest.skip(reason)
+    env = {"VOIDVM_WORKERS": "2", "VOIDVM_TEST_PAUSE_AT": "before-spawn",
+           "VOIDVM_LOG_LEVEL": "INFO"}  # fmt: skip
+    served = spawn_server(tmp_path / "pausing", env=env)
+    try:
+        yield served
+    finally:
+        served.stop()
+
+
+def test_a_start_cut_short_by_its_workers_death_ends_failed_and_the_vm_is_not_left_starting(
+    pausing_server: ServerProcess,
+) -> None:
+    server, token = pausing_server, pausing_server.login()
+    # Both workers up (the first answers before the second has started): the killed one is
+    # then not the last, and the other takes its duty over.
+    wait_until(lambda: "with 2 API workers" in server.log_tail(100_000), "the second worker")
+    headers = {"Authorization": f"Bearer {token}"}
+    with fresh(server) as http:
+        body = {"name": "orphaned", "cpu": 1, "memory": 128, "disk": 1}
+        vm_id = http.post("/vms", json=body, headers=headers).json()["data"]["id"]
+        accepted = http.post(f"/vms/{vm_id}/start", json={"wait": False}, headers=headers)
+        assert accepted.status_code == 202, accepted.text
+        op_id = accepted.json()["operation"]["id"]
+    marker = server.data_dir / "paused-at-before-spawn"
+    wait_until(lambda: marker.exists() and marker.read_text().strip(), "the worker to pause")
+    victim = int(marker.read_text())
+    assert victim in workers_of(server)
+    os.kill(victim, signal.SIGKILL)
+
+    def settled() -> dict[str, object] | None:
+        with fresh(server) as http:
+            op = http.get(f"/operations/{op_id}", headers=headers).json()["data"]
+            vm = http.get(f"/vms/{vm_id}", headers=headers).json()["data"]
+        return {"op": op, "vm": vm} if op["status"] != "running" and vm["status"] != "starting" else None
+
+    wait_until(settled, "another worker to fail the operation and reclaim the VM")
+    seen = settled()
+    assert seen is not None
+    op, vm = seen["op"], seen["vm"]
+    assert op["status"] == "failed" and op["error"]["code"] == "INTERRUPTED", op  # type: ignore[index]
+    assert vm["status"] == "error" and "worker" in vm["status_reason"], vm  # type: ignore[index]
+    assert qemu_of(vm_id) == []

@@ -35,6 +35,7 @@ from voidvm_server.services.images import ImageService
 from voidvm_server.services.live_config import LiveConfigStore
 from voidvm_server.services.operations import OperationService
 from voidvm_server.services.tasks import BackgroundTasks
+from voidvm_server.services.vm_locks import VMLocks
 from voidvm_server.services.vm_requests import VMCreate
 from voidvm_server.services.vms import VMService
 
@@ -207,3 +208,22 @@ async def test_output_already_in_the_replay_is_not_shown_again_when_the_hub_read
     kit.driver.guest_prints(vm_id, b"login: ")
     await shows(viewer, b"login: ")
     assert viewer.seen == b"boot login: "
+
+
+async def test_a_vm_left_mid_action_by_a_dead_worker_is_reclaimed_and_one_in_action_is_not(
+    kit: Kit, tmp_path: Path
+) -> None:
+    # The intents as a worker killed mid-action leaves them: written, with nobody's lock held.
+    # A worker killed after writing `stopping`, with nobody's lock held.
+    stopping, starting = await running_vm(kit, "stopping"), await running_vm(kit, "starting")
+    await kit.vms.state.set(stopping, VMStatus.STOPPING)
+    await kit.vms.state.set(starting, VMStatus.STOPPING)
+    other_worker = VMLocks(kit.vms.settings.data_dir / "locks")  # another process's locks
+    await other_worker(starting).acquire()  # ... and it is still acting on this one
+    try:
+        await kit.vms.recovery.reclaim_abandoned()
+        # Reconciled as at start-up (the fake's host re-attaches to nothing: the stop went through).
+        assert (await kit.vms.state.reload(stopping)).status is VMStatus.STOPPED
+        assert (await kit.vms.state.reload(starting)).status is VMStatus.STOPPING  # left alone
+    finally:
+        other_worker(starting).release()

@@ -116,6 +116,10 @@ async def test_deleting_a_vm_closes_its_terminals(ws_fake: WsServer, admin: str)
     ticket = await ws_fake.http.post(f"/api/v1/vms/{vm_id}/console", json={}, headers=auth(admin))
     async with ws_fake.events(admin) as ws, connect(ticket.json()["data"]["url"]) as raw:
         await ws.request("terminal-connect", {"vmId": vm_id}, "terminal-connected")
+        consoles = ws_fake.container.consoles
+        async with asyncio.timeout(TIMEOUT):  # the raw stream attached too (its ticket redeemed)
+            while consoles.viewer_count(vm_id) < 2:  # noqa: ASYNC110 (server-side state, no event)
+                await asyncio.sleep(0.01)
         deleted = await ws_fake.http.delete(f"/api/v1/vms/{vm_id}?force=true", headers=auth(admin))
         assert deleted.status_code == 200, deleted.text
         gone = await ws.expect("error")

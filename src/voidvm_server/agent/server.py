@@ -73,6 +73,10 @@ class AgentServer:
                 await self._vnc(str(hello.get("vm_id")), reader, writer)
         except (ConnectionError, ValueError, asyncio.IncompleteReadError):
             pass  # the caller went away, or spoke nonsense: nothing of ours to clean up
+        except asyncio.CancelledError:
+            # The agent is stopping with this connection open. The handler ends rather than
+            # ends cancelled: asyncio's stream server (3.11) would log a cancelled one as an error.
+            return
         finally:
             self._connections.discard(writer)
             writer.close()

@@ -152,9 +152,10 @@ async def build_container(settings: Settings, driver_factory: DriverFactory | No
 
 async def start_services(container: Container) -> None:
     settings = container.settings
+    container.live.start()  # listening before the events start: no change falls between
     await container.events.start()
+    await container.live.load()  # again: a change made since build_container is in it now
     await container.presence.start()
-    container.live.start()
     await container.users.ensure_admin()
     container.default_admin_password = await container.users.admin_uses_default_password()
     if container.default_admin_password:
@@ -169,7 +170,7 @@ async def start_services(container: Container) -> None:
             "Change it with PUT /api/v1/auth/password or 'voidvm-server user passwd admin'."
         )
     await container.operations.recover()  # first: the image store's recovery reads what it left running
-    await container.images.recover()
+    await container.images.recover(at_start=True)
     container.operations.start_reaping(then=container.images.recover)
     container.operations.start_pruning()
     container.events.start_pruning()
@@ -183,16 +184,16 @@ async def start_services(container: Container) -> None:
 
 async def stop_services(container: Container) -> None:
     await container.ws_hub.stop()
-    await container.presence.stop()
     container.live.stop()
     await container.consoles.close()
     await container.monitor.stop()
     await container.auth.stop()
     await container.limiter.close()
-    await container.duty.stop()
-    await container.vms.close()
+    await container.vms.close()  # the host's events stop being recorded here ...
+    await container.duty.stop()  # ... before another worker may take the duty
     await container.tasks.close()
     await container.operations.close()
+    await container.presence.stop()  # last: the others fail this worker's operations once it is gone
     await container.events.close()
     await container.agent.close()
     await container.db.close()

@@ -209,6 +209,12 @@ class Database:
             raise
 
     async def ping(self) -> None:
+        """Raise when the database cannot be reached (on SQLite through a reader: a ping must
+        not wait for, nor take, the write lock)."""
+        if self._readers is not None:
+            async with self.reading() as s:
+                await s.execute(text("SELECT 1"))
+            return
         async with self.engine.connect() as conn:
             await conn.execute(text("SELECT 1"))
 

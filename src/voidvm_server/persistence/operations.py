@@ -50,17 +50,22 @@ class OperationRepository:
             select(OperationRow.worker_id).where(OperationRow.id == operation_id)
         )
 
-    async def unfinished_for(self, resource_id: str) -> bool:
-        """Whether an operation on the resource is still pending or running."""
-        query = select(OperationRow.id).where(
-            OperationRow.resource_id == resource_id, OperationRow.status.in_(UNFINISHED)
+    async def progress_of(self, resource_id: str) -> str | None:
+        """Whether the resource's operations are `unfinished` (one still pending or running),
+        all `finished`, or None (it has none)."""
+        statuses = set(
+            await self.session.scalars(
+                select(OperationRow.status).where(OperationRow.resource_id == resource_id)
+            )
         )
-        return (await self.session.scalar(query.limit(1))) is not None
+        if not statuses:
+            return None
+        return "unfinished" if statuses & set(UNFINISHED) else "finished"
 
-    async def unfinished_outside(self, workers: set[str]) -> builtins.list[Operation]:
-        """Operations pending or running that no worker of `workers` runs."""
+    async def unfinished(self) -> builtins.list[tuple[Operation, str | None]]:
+        """Operations pending or running, each with the worker that runs it."""
         rows = await self.session.scalars(select(OperationRow).where(OperationRow.status.in_(UNFINISHED)))
-        return [_operation(row) for row in rows if row.worker_id not in workers]
+        return [(_operation(row), row.worker_id) for row in rows]
 
     async def get(self, operation_id: str) -> Operation | None:
         row = await self.session.get(OperationRow, operation_id)

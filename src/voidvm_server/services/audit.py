@@ -60,7 +60,7 @@ class AuditLog:
         page: int,
         limit: int,
     ) -> tuple[list[AuditEntry], int]:
-        async with self.db.session() as s:
+        async with self.db.reading() as s:
             return await AuditRepository(s).list(
                 user_id=user_id,
                 level=level,

@@ -413,20 +413,26 @@ class ImageService:
             await repo.delete(image.id)
         await asyncio.to_thread(shutil.rmtree, self.image_dir(image.id), True)
 
-    async def recover(self) -> None:
-        """A download whose operation ended without it (its worker stopped: the operations'
-        `recover` failed it first) will not finish: its partial files go; a catalog pull says so
-        (VMs wait on it), a URL import leaves nothing behind."""
-        async with self.db.session() as s:
-            repo = ImageRepository(s)
-            for image in await repo.list():
-                if image.status is not ImageStatus.DOWNLOADING:
+    async def recover(self, *, at_start: bool = False) -> None:
+        """A download that will not finish: its partial files go; a catalog pull says so (VMs
+        wait on it), a URL import leaves nothing behind. That is one whose operations all ended
+        (its worker stopped: the operations' `recover` failed it first) or, `at_start`, one with
+        no operation at all (from before operations were rows). A download just begun, whose
+        operation is not written yet, is left alone."""
+        async with self.db.reading() as s:
+            downloading = [i for i in await ImageRepository(s).list() if i.status is ImageStatus.DOWNLOADING]
+        for image in downloading:
+            progress = await self.operations.progress_of(image.id) if self.operations is not None else None
+            if progress == "unfinished" or (progress is None and not at_start):
+                continue
+            async with self.db.session() as s:
+                repo = ImageRepository(s)
+                current = await repo.get(image.id)
+                if current is None or current.status is not ImageStatus.DOWNLOADING:
                     continue
-                if self.operations is not None and await self.operations.is_unfinished_for(image.id):
-                    continue  # another worker is still pulling it
-                await asyncio.to_thread(shutil.rmtree, self.image_dir(image.id), True)
                 if is_catalog_pull(image) or await repo.in_use(image.id):
-                    await repo.update(image.id, status=ImageStatus.ERROR.value,
-                                      status_reason="the download was interrupted by a restart")  # fmt: skip
+                    why = "the download was interrupted: the server stopped"
+                    await repo.update(image.id, status=ImageStatus.ERROR.value, status_reason=why)
                 else:
                     await repo.delete(image.id)
+            await asyncio.to_thread(shutil.rmtree, self.image_dir(image.id), True)

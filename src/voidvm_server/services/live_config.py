@@ -141,7 +141,7 @@ class LiveConfigStore:
         self._unlisten: Callable[[], None] = lambda: None
 
     async def load(self) -> None:
-        async with self.db.session() as s:
+        async with self.db.reading() as s:
             self.current = await self._stored(s)
 
     async def _stored(self, s: AsyncSession) -> LiveConfig:

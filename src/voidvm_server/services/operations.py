@@ -118,6 +118,9 @@ class OperationService:
         self.tasks = tasks
         self._running: dict[str, asyncio.Task[Any]] = {}
         self._cancel_asked: set[str] = set()
+        # Cancels heard for operations not running here (yet): one begun here a moment before
+        # `run` registers its task is cancelled as it starts. Bounded; the oldest go first.
+        self._cancels_heard: dict[str, None] = {}
         self._changed: dict[str, asyncio.Event] = {}
         self._stop_listening = events.bus.listen(self._heard)
         self._pruner: asyncio.Task[None] | None = None
@@ -159,6 +162,11 @@ class OperationService:
         task = self.tasks.spawn(self._run(op, work), name=f"operation {op.id} ({op.type})")
         self._running[op.id] = task
         task.add_done_callback(lambda _: self._running.pop(op.id, None))
+        if op.id in self._cancels_heard:
+            del self._cancels_heard[op.id]
+            self._cancel_asked.add(op.id)
+            # Once it has begun (its first step is queued already), so its own handler records it.
+            asyncio.get_running_loop().call_soon(task.cancel)
         return task
 
     async def start(self, type: str, work: Work, **fields: Any) -> tuple[Operation, asyncio.Task[Any]]:
@@ -259,7 +267,11 @@ class OperationService:
                 changed.set()
         elif event.kind == CANCEL_EVENT:
             task = self._running.get(event.data["id"])
-            if task is not None and not task.done():
+            if task is None:
+                self._cancels_heard[event.data["id"]] = None
+                while len(self._cancels_heard) > 1000:
+                    del self._cancels_heard[next(iter(self._cancels_heard))]
+            elif not task.done():
                 self._cancel_asked.add(event.data["id"])
                 task.cancel()
 
@@ -307,19 +319,21 @@ class OperationService:
     async def recover(self) -> None:
         """Operations whose worker is gone (an earlier server process, a killed worker) cannot
         finish: fail them. Each is changed once however many workers look at the same time."""
+        async with self.db.reading() as s:  # first: an operation begun after this read is not seen
+            unfinished = await OperationRepository(s).unfinished()
         alive = await self.presence.live_workers() if self.presence else set()
-        async with self.db.reading() as s:
-            orphans = await OperationRepository(s).unfinished_outside(alive)
+        orphans = [op for op, worker in unfinished if worker not in alive]
         for op in orphans:
             values = {"status": S.FAILED.value, "message": INTERRUPTED["message"], "error": INTERRUPTED}
             if await self._change(op.id, finished_at=now(), **values) is not None:
                 log.warning("Operation %s (%s) was cut short: the process running it stopped", op.id, op.type)
 
-    async def is_unfinished_for(self, resource_id: str) -> bool:
+    async def progress_of(self, resource_id: str) -> str | None:
+        """`unfinished`, `finished` or None: see OperationRepository.progress_of."""
         async with self.db.reading() as s:
-            return await OperationRepository(s).unfinished_for(resource_id)
+            return await OperationRepository(s).progress_of(resource_id)
 
-    def start_reaping(self, then: Callable[[], Awaitable[None]]) -> None:
+    def start_reaping(self, then: Callable[[], Awaitable[object]]) -> None:
         """Look for the operations of workers that are gone now and then (with several
         workers), and `then` clean up after them (the image store's partial downloads)."""
 
@@ -328,7 +342,7 @@ class OperationService:
             await then()
 
         if self.presence is not None and self._reaper is None:
-            reaping = every(ORPHANS_EVERY_SECONDS, reap, "Failing operations of stopped workers")
+            reaping = every(ORPHANS_EVERY_SECONDS, reap, "Failing the operations of stopped workers")
             self._reaper = asyncio.get_running_loop().create_task(reaping, name="operation-reaper")
 
     def start_pruning(self) -> None:

@@ -9,7 +9,9 @@ with neither (tests), in this process's memory.
 from __future__ import annotations
 
 import ipaddress
+import logging
 import math
+import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +21,10 @@ from limits.aio.storage import MemoryStorage, RedisStorage, Storage
 from limits.aio.strategies import MovingWindowRateLimiter
 from limits.util import WindowStats
 
+from voidvm_server.errors import ServiceUnavailableError
 from voidvm_server.services.shared_limits import SqliteLimitStorage
+
+log = logging.getLogger(__name__)
 
 
 def client_key(address: str) -> str:
@@ -37,6 +42,11 @@ def client_key(address: str) -> str:
     if ip.version == 6:
         return str(ipaddress.ip_network(f"{ip}/64", strict=False))
     return str(ip)
+
+
+def _unavailable(exc: sqlite3.Error) -> ServiceUnavailableError:
+    log.warning("The rate limits' file cannot be used: %s", exc)
+    return ServiceUnavailableError("Sign-in is unavailable for a moment; try again shortly")
 
 
 @dataclass(frozen=True)
@@ -73,11 +83,18 @@ class RateLimiter:
         return Verdict(allowed, item.amount, max(0, stats.remaining), reset_after)
 
     async def hit(self, item: RateLimitItem, *key: str) -> Verdict:
+        """Spend one hit. When the shared file cannot be written (the disk full, say), the hit
+        is let through and logged: a request budget is not worth refusing every request for;
+        the login budgets (`count`) refuse instead."""
         if isinstance(self.storage, SqliteLimitStorage):  # one trip to its thread, not two
             expiry = item.get_expiry()
-            allowed, oldest, held = await self.storage.acquire_with_window(
-                item.key_for(*key), item.amount, expiry
-            )
+            try:
+                allowed, oldest, held = await self.storage.acquire_with_window(
+                    item.key_for(*key), item.amount, expiry
+                )
+            except sqlite3.Error as exc:
+                log.warning("The rate limits' file cannot be used (%s); the request is let through", exc)
+                return Verdict(True, item.amount, item.amount, expiry)
             stats = WindowStats(oldest + expiry, item.amount - held)
         else:
             allowed = await self._limiter.hit(item, *key)
@@ -90,7 +107,10 @@ class RateLimiter:
         first hit; returns (the new value, seconds until the window ends). Atomic in every
         storage, so parallel callers (in any worker) each see a distinct value."""
         if isinstance(self.storage, SqliteLimitStorage):  # one trip to its thread, not two
-            value, expires = await self.storage.incr_with_expiry(f"counter/{key}", window_seconds, amount)
+            try:
+                value, expires = await self.storage.incr_with_expiry(f"counter/{key}", window_seconds, amount)
+            except sqlite3.Error as exc:
+                raise _unavailable(exc) from exc
         else:
             value = await self.storage.incr(f"counter/{key}", window_seconds, amount)
             expires = await self.storage.get_expiry(f"counter/{key}")
@@ -98,7 +118,10 @@ class RateLimiter:
 
     async def peek(self, key: str) -> int:
         """A `count` counter's value (0 when it has none or its window ended)."""
-        return int(await self.storage.get(f"counter/{key}"))
+        try:
+            return int(await self.storage.get(f"counter/{key}"))
+        except sqlite3.Error as exc:
+            raise _unavailable(exc) from exc
 
     async def clear(self, item: RateLimitItem, *key: str) -> None:
         await self._limiter.clear(item, *key)

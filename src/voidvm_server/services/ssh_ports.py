@@ -8,7 +8,6 @@ image serves no SSH gets no port at all.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import socket
 from collections.abc import AsyncIterator
@@ -21,6 +20,7 @@ from voidvm_server.persistence.engine import Database
 from voidvm_server.persistence.repositories import VMRepository
 from voidvm_server.services import context
 from voidvm_server.services.event_log import EventLog
+from voidvm_server.services.vm_locks import VMLock
 
 __all__ = ["PortClaim", "SshPorts", "free_loopback_port", "port_is_free"]
 
@@ -64,12 +64,13 @@ class PortClaim:
 
 
 class SshPorts:
-    """Hands out SSH ports; one claim at a time, so two starts never pick the same new port."""
+    """Hands out SSH ports; one claim at a time on the host (`lock`: the API workers share it),
+    so two starts never pick the same new port."""
 
-    def __init__(self, db: Database, events: EventLog) -> None:
+    def __init__(self, db: Database, events: EventLog, lock: VMLock) -> None:
         self.db = db
         self.events = events
-        self._lock = asyncio.Lock()
+        self._lock = lock
 
     @asynccontextmanager
     async def claim(self, vm: VM, image: Image) -> AsyncIterator[PortClaim]:

@@ -178,6 +178,6 @@ class UserService:
         return await self.create("admin", password, role=Role.ADMIN, check_strength=False)
 
     async def admin_uses_default_password(self) -> bool:
-        async with self.db.session() as s:
+        async with self.db.reading() as s:
             admin = await UserRepository(s).by_username("admin")
         return admin is not None and await self.hashing.verify(admin.password_hash, DEFAULT_ADMIN_PASSWORD)

@@ -1,5 +1,6 @@
 """Bringing VM rows back in line with processes and files: after a server restart
-(`reconcile`), and on a live server after the database failed under a state change (`resync`).
+(`reconcile`), on a live server after the database failed under a state change (`resync`), and
+after an API worker died in the middle of an action (`reclaim_abandoned`).
 
 A companion of VMService: it uses the service's state helpers and per-VM locks.
 """
@@ -14,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from voidvm_server.agent.port import DISK_FULL_REASON
 from voidvm_server.domain.models import VM, ImageStatus, VMStatus
+from voidvm_server.domain.states import BUSY
 from voidvm_server.errors import ServiceUnavailableError, VoidVMError
 from voidvm_server.persistence.engine import database_unavailable
 from voidvm_server.persistence.repositories import VMRepository
@@ -25,6 +27,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 RESYNC_FIRST_DELAY, RESYNC_MAX_DELAY = 0.5, 10.0  # retrying a state the database did not take
 S = VMStatus
+# What happened while a VM's row was not kept up to date (in the reasons a reconcile writes).
+SERVER_DOWN = "while the server was down"
+DATABASE_AWAY = "while the database was unavailable"
+WORKER_GONE = "when the API worker running it stopped"
 
 
 class VMRecovery:
@@ -35,22 +41,33 @@ class VMRecovery:
         self._resyncing: set[str] = set()
 
     # -- start-up reconciliation ---------------------------------------------------------------
-    async def reconcile(self) -> None:
-        """Match database rows, run directories and live processes after a (re)start."""
-        async with self.svc.db.session() as s:
+    async def reconcile(self, *, meanwhile: str = SERVER_DOWN) -> None:
+        """Match database rows, run directories and live processes after a (re)start (or when
+        a worker takes the host's duty over from one that stopped: `meanwhile`). Other workers
+        may be acting meanwhile: each VM is reconciled under its lock, read again there, and
+        one whose lock is held is left to the action that holds it."""
+        async with self.svc.db.reading() as s:
             vms = await VMRepository(s).all()
         known = {vm.id for vm in vms}
-        for vm in vms:
+        for listed in vms:
+            lock = self.svc._lock(listed.id)
+            if not await lock.try_acquire():
+                continue
             try:
-                await self.reconcile_one(vm)
+                vm = await self.svc.state.load(listed.id)
+                if vm is None or (vm.status is S.CREATING and meanwhile == WORKER_GONE):
+                    continue  # a create waiting for its image's pull holds no lock; its worker may live
+                await self.reconcile_one(vm, meanwhile=meanwhile)
             except Exception as exc:  # one VM must not keep the server from starting
                 message = exc.message if isinstance(exc, VoidVMError) else "internal error"
-                log.warning("Reconciling VM %s failed: %s", vm.id, message, exc_info=exc)
-                await self.svc.state.set(vm.id, S.ERROR, f"could not re-attach: {message}")
+                log.warning("Reconciling VM %s failed: %s", listed.id, message, exc_info=exc)
+                await self.svc.state.set(listed.id, S.ERROR, f"could not re-attach: {message}")
+            finally:
+                lock.release()
         for orphan in set(await self.svc.agent.known_vms()) - known:
             log.warning("Run directory %s belongs to no VM; leaving it untouched", orphan)
 
-    async def reconcile_one(self, vm: VM, *, server_restarted: bool = True) -> None:
+    async def reconcile_one(self, vm: VM, *, meanwhile: str = SERVER_DOWN) -> None:
         """Bring one row in line with its process and files. Runs at start-up, and on a live
         server for a VM whose last state change the database did not take."""
         pid = await self.svc.agent.attach(vm.id)
@@ -72,7 +89,6 @@ class VMRecovery:
             log.info("Re-attached to VM %s (pid %d)", vm.id, pid)
             return
         gone = {"pid": None, "started_at": None}  # the SSH port stays the VM's
-        meanwhile = "while the server was down" if server_restarted else "while the database was unavailable"
         match vm.status:
             case S.RUNNING | S.PAUSED:
                 await self.svc.state.set(vm.id, S.ERROR, f"the QEMU process ended {meanwhile}", **gone)
@@ -82,7 +98,7 @@ class VMRecovery:
                                        "start it again", **gone)  # fmt: skip
             case S.STOPPING:
                 await self.svc.state.set(vm.id, S.STOPPED, **gone)
-            case S.CREATING if server_restarted:
+            case S.CREATING if meanwhile != DATABASE_AWAY:
                 await self._finish_interrupted_create(vm)  # its client got no answer at all
             case S.CREATING:
                 # Live: the create was answered with an error (the database failed under it),
@@ -90,6 +106,29 @@ class VMRecovery:
                 image = await self.svc.images.get(vm.image_id)
                 if image.status is not ImageStatus.DOWNLOADING:
                     await self.svc._forget(vm)
+
+    # -- after an API worker died mid-action -------------------------------------------------
+    async def reclaim_abandoned(self) -> None:
+        """VMs an API worker left mid-action when it died (kill -9): busy (starting, stopping,
+        ...) with nobody holding their lock, since every action holds it from the moment it
+        writes its intent to the moment it records its outcome. Each is reconciled like a VM
+        found so at start-up. Creates are left (one waiting for its image's pull holds no lock,
+        and its worker may be alive): the next start of `serve` finishes an interrupted one."""
+        async with self.svc.db.reading() as s:
+            busy = [vm.id for vm in await VMRepository(s).all() if vm.status in BUSY]
+        for vm_id in busy:
+            lock = self.svc._lock(vm_id)
+            if not await lock.try_acquire():
+                continue  # an action runs, in this worker or another
+            try:
+                with self.resync_if_the_database_fails(vm_id):
+                    vm = await self.svc.state.load(vm_id)
+                    if vm is None or vm.status not in BUSY or vm.status is S.CREATING:
+                        continue  # a create may wait for its image's pull without the lock
+                    log.warning("VM %s was left %s by an API worker that stopped", vm.id, vm.status.value)
+                    await self.reconcile_one(vm, meanwhile=WORKER_GONE)
+            finally:
+                lock.release()
 
     # -- after the host was away -------------------------------------------------------------
     async def recheck_running(self) -> None:
@@ -159,7 +198,7 @@ class VMRecovery:
                         if vm is None:
                             self.svc._locks.forget(vm_id, deleted=True)
                             return
-                        await self.reconcile_one(vm, server_restarted=False)
+                        await self.reconcile_one(vm, meanwhile=DATABASE_AWAY)
                     log.info("VM %s re-checked after the database came back", vm_id)
                     return
                 except Exception as exc:

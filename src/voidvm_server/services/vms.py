@@ -107,7 +107,7 @@ class VMService:
         self._crash_restarts = CrashRestarts()
         self.events = events
         self.state = VMStateStore(db, events)
-        self.ssh_ports = SshPorts(db, events)
+        self.ssh_ports = SshPorts(db, events, VMLock(self._locks.directory / "ssh-ports.lock"))
         self.recovery = VMRecovery(self)
         # Subscribed now, read once watching starts: nothing the host reports in between is lost.
         self._feed: EventFeed | None = None  # the host's events, while this worker has the duty

@@ -104,14 +104,19 @@ class WorkerPresence:
             await WorkerRepository(s).free_seat(seat_id)
 
     async def live_workers(self) -> set[str]:
-        """The ids of the workers alive now: a fresh heartbeat, and on this host a process."""
+        """The ids of the workers alive now: on this host, those whose process is (a worker
+        stalled behind the database's write lock is late with its heartbeat, not dead);
+        elsewhere, those with a fresh heartbeat."""
         async with self.db.reading() as s:
             rows = (await s.execute(
-                select(ApiWorkerRow.id, ApiWorkerRow.host, ApiWorkerRow.pid)
-                .where(ApiWorkerRow.heartbeat_at >= self._alive_after())
+                select(ApiWorkerRow.id, ApiWorkerRow.host, ApiWorkerRow.pid, ApiWorkerRow.heartbeat_at)
             )).all()  # fmt: skip
-        return {worker_id for worker_id, host, pid in rows
-                if worker_id == self.id or host != self.host or _process_exists(pid)}  # fmt: skip
+        alive_after = self._alive_after()
+        return {
+            worker_id
+            for worker_id, host, pid, beat in rows
+            if worker_id == self.id or (_process_exists(pid) if host == self.host else beat >= alive_after)
+        }
 
     async def seats_of(self, user_id: str) -> int:
         async with self.db.reading() as s:

@@ -116,8 +116,12 @@ class ConnectionHub:
                     return user_full
             else:
                 self._binding.add(member)  # holds its place in `max_total` while the seat is claimed
+                claim = asyncio.ensure_future(self.presence.claim_seat(principal.id, self.max_per_user))
                 try:
-                    seat = await self.presence.claim_seat(principal.id, self.max_per_user)
+                    seat = await asyncio.shield(claim)
+                except asyncio.CancelledError:  # the socket went meanwhile: a seat taken is given back
+                    claim.add_done_callback(self._give_back)
+                    raise
                 finally:
                     self._binding.discard(member)
                 if seat is None:
@@ -144,6 +148,15 @@ class ConnectionHub:
                 sockets.discard(member)
                 if not sockets:
                     del self._by_user[member.principal.id]
+
+    def _give_back(self, claim: asyncio.Future[int | None]) -> None:
+        if claim.cancelled() or claim.exception() is not None or self.presence is None:
+            return
+        seat = claim.result()
+        if seat is not None:
+            task = asyncio.get_running_loop().create_task(self._free(self.presence, seat))
+            self._freeing.add(task)
+            task.add_done_callback(self._freeing.discard)
 
     @staticmethod
     async def _free(presence: WorkerPresence, seat: int) -> None:

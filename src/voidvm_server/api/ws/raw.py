@@ -22,7 +22,7 @@ from voidvm_server.api.ws import protocol as p
 from voidvm_server.api.ws.guards import bearer
 from voidvm_server.api.ws.outbox import Outbox
 from voidvm_server.auth.principal import Principal
-from voidvm_server.errors import AuthError, DriverError, NotFoundError, VoidVMError
+from voidvm_server.errors import AuthError, DriverError, NotFoundError, ServiceUnavailableError, VoidVMError
 from voidvm_server.events.bus import Event
 from voidvm_server.services.tickets import StreamKind
 
@@ -82,9 +82,14 @@ class RawStream:
             return p.CLOSE_UNAUTHORIZED, exc.message
         except NotFoundError as exc:
             return p.CLOSE_NOT_FOUND, exc.message
+        except ServiceUnavailableError as exc:  # the database away: tickets and seats live there
+            return p.CLOSE_TRY_LATER, exc.message
         if not await self.container.vms.is_process_running(vm.id):
             return p.CLOSE_CONFLICT, "the VM is not running"
-        refusal = await self.container.ws_hub.bind(self, principal)  # raw streams are never anonymous
+        try:
+            refusal = await self.container.ws_hub.bind(self, principal)  # raw streams are never anonymous
+        except ServiceUnavailableError as exc:
+            return p.CLOSE_TRY_LATER, exc.message
         if refusal is not None:
             return refusal.code, refusal.reason
         self.principal = principal
