@@ -53,28 +53,3 @@ async def test_an_unreachable_database_is_a_503(tmp_path: Path) -> None:
                 await s.execute(text("SELECT 1 FROM config"))
     finally:
         await database.close()
-
-
-async def test_units_of_work_of_two_processes_that_read_then_write_take_turns(db: Database) -> None:
-    if not db.is_sqlite:
-        pytest.skip("SQLite's locking only: PostgreSQL's rows are locked by the writes themselves")
-    # Two Database objects on one file stand for two API workers. A deferred transaction would
-    # read, then find its snapshot stale at the write and fail at once ("database is locked").
-    other = Database(db.url)
-    async with db.session() as s:
-        await s.execute(
-            text("INSERT INTO config (key, value, updated_at) VALUES ('n', '0', '2026-01-01 00:00:00')")
-        )
-
-    async def increment(database: Database) -> None:
-        async with database.session() as s:
-            value = int((await s.execute(text("SELECT value FROM config WHERE key = 'n'"))).scalar_one())
-            await asyncio.sleep(0.001)  # let the other worker's unit of work begin meanwhile
-            await s.execute(text("UPDATE config SET value = :v WHERE key = 'n'"), {"v": str(value + 1)})
-
-    try:
-        await asyncio.gather(*(increment(database) for database in (db, other) for _ in range(15)))
-        async with db.reading() as s:
-            assert int((await s.execute(text("SELECT value FROM config WHERE key = 'n'"))).scalar_one()) == 30
-    finally:
-        await other.close()

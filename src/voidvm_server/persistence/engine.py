@@ -96,16 +96,6 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA busy_timeout=30000")
     cursor.close()
-    # No implicit, deferred BEGIN (see _begin_immediate).
-    dbapi_connection.isolation_level = None
-
-
-def _begin_immediate(connection: Any) -> None:
-    """A unit of work on SQLite takes the write lock at its start. A deferred transaction that
-    reads, then writes after another process (another API worker) committed, fails at once with
-    SQLITE_BUSY: its snapshot is stale and the busy timeout cannot help. Taken first, the lock
-    makes writers wait their turn (up to the busy timeout) instead."""
-    connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 def _sqlite_read_only(dbapi_connection: Any, _record: Any) -> None:
@@ -155,7 +145,6 @@ class Database:
         self.engine: AsyncEngine = create_async_engine(url, **kwargs)
         if self.is_sqlite:
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
-            event.listen(self.engine.sync_engine, "begin", _begin_immediate)
         self._sessions = async_sessionmaker(self.engine, expire_on_commit=False)
         self._readers: sessionmaker[Session] | None = None
         self._read_engine: Engine | None = None
