@@ -216,6 +216,25 @@ def qemu_missing_reason() -> str | None:
     return None
 
 
+def require_qemu() -> None:
+    """Skip the test without QEMU and a host kernel (fail it in CI, which installs them)."""
+    reason = qemu_missing_reason()
+    if reason:
+        if IN_CI:
+            pytest.fail(reason)
+        pytest.skip(reason)
+
+
+class FakeClock:
+    """A clock the test moves by hand (`now` seconds)."""
+
+    def __init__(self, start: float = 1_000_000.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+
 @pytest.fixture(scope="session")
 def tiny_image(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Path]]:
     reason = qemu_missing_reason()

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import IN_CI, qemu_missing_reason
+from tests.conftest import IN_CI, qemu_missing_reason, require_qemu
 from tests.server_process import ROOT, ServerProcess, port_busy, spawn_server
 
 __all__ = ["ROOT", "LiveServer", "ServerProcess"]
@@ -43,11 +43,7 @@ def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer
 def local_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     """A real server on a free port, shared by the tests that drive it as a user would (the CLI,
     README snippets). Tests clean up what they create."""
-    reason = qemu_missing_reason()
-    if reason:
-        if IN_CI:
-            pytest.fail(reason)
-        pytest.skip(reason)
+    require_qemu()
     # Many tests share this server's admin: the default 100 requests a minute per user would make
     # them wait on each other (rate limits have their own tests, and test_cli_live sets one per user).
     server = spawn_server(tmp_path_factory.mktemp("local"), env={"VOIDVM_RATE_LIMIT": "100000/minute"})

@@ -21,7 +21,7 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from tests.conftest import IN_CI, qemu_missing_reason
+from tests.conftest import require_qemu
 from tests.server_process import ServerProcess, spawn_server
 
 TIMEOUT = 60.0
@@ -29,11 +29,7 @@ TIMEOUT = 60.0
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    reason = qemu_missing_reason()
-    if reason:
-        if IN_CI:
-            pytest.fail(reason)
-        pytest.skip(reason)
+    require_qemu()
     served = spawn_server(tmp_path_factory.mktemp("workers"), env={"VOIDVM_WORKERS": "2"})
     try:
         yield served
@@ -213,11 +209,7 @@ async def test_killing_a_worker_or_the_agent_leaves_the_vm_and_its_console_runni
 def pausing_server(tmp_path: Path) -> Iterator[ServerProcess]:
     """Its workers hang for good just before spawning a QEMU (VOIDVM_TEST_PAUSE_AT), writing
     their pid to a marker: the test kills that very worker in the middle of a start."""
-    reason = qemu_missing_reason()
-    if reason:
-        if IN_CI:
-            pytest.fail(reason)
-        pytest.skip(reason)
+    require_qemu()
     env = {"VOIDVM_WORKERS": "2", "VOIDVM_TEST_PAUSE_AT": "before-spawn",
            "VOIDVM_LOG_LEVEL": "INFO"}  # fmt: skip
     served = spawn_server(tmp_path / "pausing", env=env)

@@ -17,28 +17,20 @@ from pathlib import Path
 import pytest
 from limits.aio.storage import MemoryStorage
 
-from tests.conftest import make_settings
+from tests.conftest import FakeClock, make_settings
 from voidvm_server.errors import TooManyRequestsError
 from voidvm_server.services.login_guard import LoginGuard
 from voidvm_server.services.ratelimit import RateLimiter
 from voidvm_server.services.shared_limits import SqliteLimitStorage
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
 
 
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
-async def storage(tmp_path: Path, clock: Clock) -> AsyncIterator[SqliteLimitStorage]:
+async def storage(tmp_path: Path, clock: FakeClock) -> AsyncIterator[SqliteLimitStorage]:
     storage = SqliteLimitStorage(tmp_path / "limits.sqlite", clock=clock)
     yield storage
     await storage.close()
@@ -52,7 +44,7 @@ def rows(path: Path, table: str) -> int:
 # --- moving windows ---
 
 
-async def test_a_window_allows_its_limit_then_refuses(storage: SqliteLimitStorage, clock: Clock) -> None:
+async def test_a_window_allows_its_limit_then_refuses(storage: SqliteLimitStorage, clock: FakeClock) -> None:
     start = clock.now
     for held in range(1, 4):
         assert await storage.acquire_with_window("k", 3, 60) == (True, start, held)
@@ -63,7 +55,7 @@ async def test_a_window_allows_its_limit_then_refuses(storage: SqliteLimitStorag
     assert await storage.get_moving_window("other", 3, 60) == (clock.now, 0)
 
 
-async def test_the_window_moves(storage: SqliteLimitStorage, clock: Clock) -> None:
+async def test_the_window_moves(storage: SqliteLimitStorage, clock: FakeClock) -> None:
     t0 = clock.now
     for offset in (0, 10, 20):
         clock.now = t0 + offset
@@ -79,7 +71,7 @@ async def test_the_window_moves(storage: SqliteLimitStorage, clock: Clock) -> No
     assert await storage.get_moving_window("k", 3, 60) == (clock.now, 0)
 
 
-async def test_several_hits_at_once(storage: SqliteLimitStorage, clock: Clock) -> None:
+async def test_several_hits_at_once(storage: SqliteLimitStorage, clock: FakeClock) -> None:
     assert not await storage.acquire_entry("k", 3, 60, amount=4)
     assert await storage.acquire_entry("k", 3, 60, amount=2)
     assert await storage.acquire_entry("k", 3, 60)  # the same instant as the two
@@ -87,7 +79,7 @@ async def test_several_hits_at_once(storage: SqliteLimitStorage, clock: Clock) -
     assert not await storage.acquire_entry("k", 3, 60)
 
 
-async def test_a_large_window_counts_exactly(storage: SqliteLimitStorage, clock: Clock) -> None:
+async def test_a_large_window_counts_exactly(storage: SqliteLimitStorage, clock: FakeClock) -> None:
     t0 = clock.now
     for i in range(500):
         clock.now = t0 + i / 10
@@ -99,7 +91,7 @@ async def test_a_large_window_counts_exactly(storage: SqliteLimitStorage, clock:
     assert await storage.acquire_with_window("k", 500, 60) == (False, t0 + 25.1, 500)
 
 
-async def test_the_clock_going_back_loses_no_hit(storage: SqliteLimitStorage, clock: Clock) -> None:
+async def test_the_clock_going_back_loses_no_hit(storage: SqliteLimitStorage, clock: FakeClock) -> None:
     t0 = clock.now
     assert await storage.acquire_entry("k", 2, 60)
     clock.now = t0 - 10
@@ -128,7 +120,7 @@ async def test_clear_forgets_one_key_and_reset_all(storage: SqliteLimitStorage) 
 
 
 async def test_counters_count_up_and_down_within_their_window(
-    storage: SqliteLimitStorage, clock: Clock
+    storage: SqliteLimitStorage, clock: FakeClock
 ) -> None:
     t0 = clock.now
     assert await storage.incr_with_expiry("c", 30) == (1, t0 + 30)
@@ -144,7 +136,7 @@ async def test_counters_count_up_and_down_within_their_window(
 
 
 async def test_a_counter_given_back_to_zero_starts_a_new_window(
-    storage: SqliteLimitStorage, clock: Clock
+    storage: SqliteLimitStorage, clock: FakeClock
 ) -> None:
     t0 = clock.now
     assert await storage.incr("c", 30) == 1
@@ -159,7 +151,7 @@ async def test_parallel_increments_each_see_their_own_value(storage: SqliteLimit
     assert sorted(values) == list(range(1, 51))
 
 
-async def test_the_same_answers_as_memory_storage(storage: SqliteLimitStorage, clock: Clock) -> None:
+async def test_the_same_answers_as_memory_storage(storage: SqliteLimitStorage, clock: FakeClock) -> None:
     """Within one window, the two storages answer every call alike (the memory one's clock is real)."""
     memory = MemoryStorage()
     rng = random.Random(7)
@@ -191,7 +183,7 @@ async def test_the_same_answers_as_memory_storage(storage: SqliteLimitStorage, c
 # --- the file ---
 
 
-async def test_expired_rows_are_swept(storage: SqliteLimitStorage, clock: Clock) -> None:
+async def test_expired_rows_are_swept(storage: SqliteLimitStorage, clock: FakeClock) -> None:
     for key in ("idle", "busy"):
         assert await storage.acquire_entry(key, 10, 5)
         await storage.incr(key, 5)

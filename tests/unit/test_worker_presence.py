@@ -8,16 +8,9 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from tests.conftest import FakeClock
 from voidvm_server.persistence.engine import Database
 from voidvm_server.services.workers import WorkerPresence
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture
@@ -32,7 +25,7 @@ async def databases(database_url: str) -> AsyncIterator[tuple[Database, Database
         await second.close()
 
 
-async def _started(db: Database, clock: Clock) -> WorkerPresence:
+async def _started(db: Database, clock: FakeClock) -> WorkerPresence:
     presence = WorkerPresence(db, clock=clock, heartbeat_seconds=3600)
     await presence.start()
     return presence
@@ -41,7 +34,7 @@ async def _started(db: Database, clock: Clock) -> WorkerPresence:
 async def test_parallel_claims_on_two_workers_never_pass_the_cap(
     databases: tuple[Database, Database],
 ) -> None:
-    clock = Clock()
+    clock = FakeClock()
     one, two = await _started(databases[0], clock), await _started(databases[1], clock)
     try:
         claims = [worker.claim_seat("usr-a", 10) for worker in (one, two) for _ in range(12)]
@@ -59,7 +52,7 @@ async def test_parallel_claims_on_two_workers_never_pass_the_cap(
 
 
 async def test_a_worker_whose_heartbeat_stopped_holds_no_seats(databases: tuple[Database, Database]) -> None:
-    clock = Clock()
+    clock = FakeClock()
     stalled, live = await _started(databases[0], clock), await _started(databases[1], clock)
     try:
         for _ in range(10):
@@ -81,7 +74,7 @@ async def test_a_worker_whose_heartbeat_stopped_holds_no_seats(databases: tuple[
 async def test_the_seats_of_a_worker_process_that_is_gone_are_freed_at_once(
     databases: tuple[Database, Database],
 ) -> None:
-    clock = Clock()
+    clock = FakeClock()
     gone = WorkerPresence(databases[0], clock=clock, heartbeat_seconds=3600)
     exited = subprocess.run(["sh", "-c", "echo $$"], capture_output=True, text=True, check=True)
     gone.pid = int(exited.stdout)  # a process of this host that has ended
@@ -97,7 +90,7 @@ async def test_the_seats_of_a_worker_process_that_is_gone_are_freed_at_once(
 
 
 async def test_a_stopped_worker_frees_its_seats(databases: tuple[Database, Database]) -> None:
-    clock = Clock()
+    clock = FakeClock()
     one, two = await _started(databases[0], clock), await _started(databases[1], clock)
     try:
         for _ in range(10):

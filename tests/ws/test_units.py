@@ -13,6 +13,7 @@ import pytest
 from sqlalchemy import text
 from starlette.websockets import WebSocket, WebSocketState
 
+from tests.conftest import FakeClock
 from voidvm_server.api.hosts import HostPolicy
 from voidvm_server.api.ws import deadline, protocol
 from voidvm_server.api.ws.guards import origin_allowed
@@ -27,23 +28,14 @@ from voidvm_server.services.event_log import REPLAY_LIMIT, EventLog
 from voidvm_server.services.system_events import describe
 from voidvm_server.services.tickets import TicketService
 
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 GRANT = Grant("usr-a", 1, "session-a", None, None)
 
 
 @pytest.fixture
-async def tickets(database_url: str) -> AsyncIterator[tuple[TicketService, Clock]]:
+async def tickets(database_url: str) -> AsyncIterator[tuple[TicketService, FakeClock]]:
     db = Database(database_url)
     await db.migrate()
-    clock = Clock()
+    clock = FakeClock(100.0)
     try:
         yield TicketService(db, 30, clock), clock
     finally:
@@ -51,7 +43,7 @@ async def tickets(database_url: str) -> AsyncIterator[tuple[TicketService, Clock
 
 
 async def test_a_ticket_is_single_use_and_bound_to_its_vm_and_kind(
-    tickets: tuple[TicketService, Clock],
+    tickets: tuple[TicketService, FakeClock],
 ) -> None:
     service, _ = tickets
     secret = await service.issue(GRANT, "vm-1", "serial")
@@ -66,7 +58,7 @@ async def test_a_ticket_is_single_use_and_bound_to_its_vm_and_kind(
     assert used.value.code == "INVALID_TICKET"
 
 
-async def test_a_ticket_is_stored_as_its_digest_only(tickets: tuple[TicketService, Clock]) -> None:
+async def test_a_ticket_is_stored_as_its_digest_only(tickets: tuple[TicketService, FakeClock]) -> None:
     service, _ = tickets
     secret = await service.issue(GRANT, "vm-1", "serial")
     async with service.db.reading() as s:
@@ -74,7 +66,9 @@ async def test_a_ticket_is_stored_as_its_digest_only(tickets: tuple[TicketServic
     assert len(rows) == 1 and all(secret not in str(value) for value in rows[0])
 
 
-async def test_parallel_redeems_of_one_ticket_open_one_stream(tickets: tuple[TicketService, Clock]) -> None:
+async def test_parallel_redeems_of_one_ticket_open_one_stream(
+    tickets: tuple[TicketService, FakeClock],
+) -> None:
     service, _ = tickets
     secret = await service.issue(GRANT, "vm-1", "vnc")
     results = await asyncio.gather(
@@ -84,7 +78,7 @@ async def test_parallel_redeems_of_one_ticket_open_one_stream(tickets: tuple[Tic
     assert all(isinstance(r, AuthError) for r in results if isinstance(r, BaseException))
 
 
-async def test_a_ticket_expires_after_its_ttl(tickets: tuple[TicketService, Clock]) -> None:
+async def test_a_ticket_expires_after_its_ttl(tickets: tuple[TicketService, FakeClock]) -> None:
     service, clock = tickets
     secret = await service.issue(GRANT, "vm-1", "vnc")
     clock.now += 30.5
@@ -98,7 +92,7 @@ async def test_a_ticket_expires_after_its_ttl(tickets: tuple[TicketService, Cloc
 
 
 def test_the_throttle_allows_a_burst_then_the_rate() -> None:
-    clock = Clock()
+    clock = FakeClock(100.0)
     throttle = MessageThrottle(50, clock=clock)
     assert sum(throttle.allow() for _ in range(80)) == 50
     assert throttle.should_warn() and not throttle.should_warn()
