@@ -258,7 +258,9 @@ def doctor(config: ConfigOption = None) -> None:
         # The server keys its cached probe by qemu-img's version line: so must we, to read it.
         probe_key = await QemuImg(settings.qemu_img_binary).version()
         prepare_data_dir(settings.data_dir)
-        choice = await probe_accel(settings.accel, settings.qemu_binary, probe_key, settings.data_dir)
+        choice = await probe_accel(
+            settings.accel, settings.qemu_binary, probe_key, settings.resolved_cache_dir
+        )
         db = Database(settings.resolved_database_url)
         try:
             await db.ping()

@@ -6,6 +6,7 @@ There is no global instance: the CLI builds one `Settings` and passes it down.
 from __future__ import annotations
 
 import json
+import os
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -43,6 +44,9 @@ class Settings(BaseSettings):
     body_timeout_seconds: float = 30.0  # the longest wait for the next piece of a request body
     max_connections: int = 2048  # open HTTP and WebSocket connections; more answer 503
     data_dir: Path = Path("./data")
+    # What this host's VoidVMs may share and rebuild at will (the accelerator probe's answer):
+    # by default /var/cache/voidvm for root, else $XDG_CACHE_HOME/voidvm or ~/.cache/voidvm.
+    cache_dir: Path | None = None
     database_url: str | None = Field(
         default=None, description="SQLAlchemy async URL; default is a SQLite file in data_dir"
     )
@@ -157,6 +161,15 @@ class Settings(BaseSettings):
         if self.database_url:
             return self.database_url
         return f"sqlite+aiosqlite:///{(self.data_dir / 'voidvm.db').resolve()}"
+
+    @property
+    def resolved_cache_dir(self) -> Path:
+        if self.cache_dir is not None:
+            return self.cache_dir
+        if os.geteuid() == 0:
+            return Path("/var/cache/voidvm")
+        base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+        return Path(base) / "voidvm"
 
     @property
     def is_loopback(self) -> bool:

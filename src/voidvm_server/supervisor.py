@@ -7,6 +7,9 @@
 - `workers` API processes (uvicorn apps, by default one per core) share one listening socket,
   which `serve` binds; the kernel spreads the connections. They start one after the other (the
   first creates the admin account, recovers what an earlier run left), then serve together.
+  Workers are forked from `serve`, which imports their code while the agent starts: a worker is
+  up in a few hundred milliseconds, where a fresh interpreter would import for a second and more.
+  That is safe because `serve` runs no thread when it forks (checked: with a thread it spawns).
   Everything a request needs is in the database or the agent, so a worker that dies is simply
   started again and the others carry on.
 """
@@ -22,10 +25,12 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from multiprocessing.context import SpawnProcess
+from multiprocessing.context import ForkContext, SpawnContext
+from multiprocessing.process import BaseProcess
 from multiprocessing.synchronize import Event as ProcessEvent
 from pathlib import Path
 from types import FrameType
@@ -40,6 +45,7 @@ WORKER_READY_SECONDS = 120.0
 CHECK_SECONDS = 0.5
 BIND_PATIENCE_SECONDS = 10.0
 PR_SET_PDEATHSIG = 1  # prctl(2)
+PR_SET_NAME = 15
 RESTART_PAUSE_SECONDS = 1.0  # between two restarts of one process that keeps dying
 
 
@@ -56,6 +62,13 @@ def exit_with_parent(signum: int, parent: int) -> None:
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
     if os.getppid() != parent:  # it died before the request was made
         os.kill(os.getpid(), signum)
+
+
+def name_process(name: str) -> None:
+    """The name `ps -o comm`, `top` and /proc/PID/comm show (15 bytes at most): a forked worker
+    would otherwise carry `serve`'s."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_NAME, name.encode()[:15], 0, 0, 0)
 
 
 def default_workers() -> int:
@@ -94,10 +107,24 @@ def listening_socket(host: str, port: int, *, patience: float = BIND_PATIENCE_SE
     return sock
 
 
-def run_worker(settings: Settings, sock: socket.socket, ready: ProcessEvent, parent: int) -> None:
-    """One API worker (a spawned process): the app over the shared socket until SIGTERM, or
-    until `serve` dies (then at once: as the whole server would have died)."""
+def preload_worker_code() -> None:
+    """Import what a worker runs, so that forked workers find it imported."""
+    import uvicorn  # noqa: F401
+
+    import voidvm_server.api.app
+    import voidvm_server.api.serving  # noqa: F401
+
+
+def run_worker(
+    settings: Settings, sock: socket.socket, ready: ProcessEvent, parent: int, index: int, replacement: bool
+) -> None:
+    """API worker `index` (a forked process): the app over the shared socket until SIGTERM, or
+    until `serve` dies (then at once: as the whole server would have died). A `replacement`
+    stands in for one that died."""
     exit_with_parent(signal.SIGKILL, parent)
+    name_process(f"voidvm-api-{index}")
+    for sig in (signal.SIGTERM, signal.SIGINT):  # not `serve`'s handlers: uvicorn sets its own
+        signal.signal(sig, signal.SIG_DFL)
     import uvicorn
 
     from voidvm_server.api.app import create_app
@@ -105,14 +132,14 @@ def run_worker(settings: Settings, sock: socket.socket, ready: ProcessEvent, par
     from voidvm_server.logging_setup import configure_logging
 
     configure_logging(settings.log_level, json_lines=settings.log_json)
-    app = create_app(settings, data_dir_lock=nullcontext(), on_ready=ready.set)
+    app = create_app(settings, data_dir_lock=nullcontext(), on_ready=ready.set, replacement=replacement)
     uvicorn.Server(serving_config(app, settings)).run(sockets=[sock])
 
 
 @dataclass
 class _Worker:
     index: int
-    process: SpawnProcess
+    process: BaseProcess
     ready: ProcessEvent
     restarts: list[float] = field(default_factory=list)
 
@@ -123,7 +150,6 @@ class Supervisor:
         self.config_file = config_file
         self.agent_path = agent_socket(settings)
         self.settings = settings.model_copy(update={"agent_socket": self.agent_path})
-        self._context = multiprocessing.get_context("spawn")
         self._agent: subprocess.Popen[bytes] | None = None
         self._workers: list[_Worker] = []
         self._socket: socket.socket | None = None
@@ -142,6 +168,7 @@ class Supervisor:
                 command += ["--config", str(self.config_file)]
             env = {**os.environ, "VOIDVM_AGENT_SOCKET": str(self.agent_path)}
             self._agent = subprocess.Popen(command, env=env)
+            preload_worker_code()  # while the agent starts
             while not agent_answers(self.agent_path) and self._agent.poll() is None:
                 if time.monotonic() > deadline:
                     raise ServeError(f"the host agent did not answer on {self.agent_path}")
@@ -156,12 +183,19 @@ class Supervisor:
             log.info("Using the host agent already running on %s", self.agent_path)
 
     # -- the workers -----------------------------------------------------------------------------
-    def _spawn(self, index: int) -> _Worker:
+    def _spawn(self, index: int, *, replacement: bool = False) -> _Worker:
         assert self._socket is not None
-        ready = self._context.Event()
-        process = self._context.Process(
+        # A fork copies only the forking thread: with any other thread alive, a lock it held
+        # could stay held forever in the child. `serve` has none; should one appear, spawn.
+        context: ForkContext | SpawnContext = (
+            multiprocessing.get_context("fork")
+            if threading.active_count() == 1
+            else multiprocessing.get_context("spawn")
+        )
+        ready = context.Event()
+        process = context.Process(
             target=run_worker,
-            args=(self.settings, self._socket, ready, os.getpid()),
+            args=(self.settings, self._socket, ready, os.getpid(), index, replacement),
             name=f"voidvm-api-{index}",
         )
         process.start()
@@ -180,6 +214,7 @@ class Supervisor:
         previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
         try:
             self._ensure_agent()
+            preload_worker_code()  # done already if the agent was started here
             self._socket = listening_socket(self.settings.host, self.settings.port)
             for index in range(self.workers):
                 if self._stopping:
@@ -223,7 +258,7 @@ class Supervisor:
             recent = [t for t in worker.restarts if time.monotonic() - t < 60]
             if len(recent) >= 5:
                 time.sleep(RESTART_PAUSE_SECONDS)  # it keeps dying: do not spin
-            replacement = self._spawn(worker.index)
+            replacement = self._spawn(worker.index, replacement=True)
             replacement.restarts = [*recent, time.monotonic()]
             self._workers[slot] = replacement
 

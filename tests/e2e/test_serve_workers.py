@@ -52,8 +52,15 @@ def command_line(pid: int) -> str:
         return ""
 
 
+def process_name(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
+
+
 def workers_of(server: ServerProcess) -> list[int]:
-    return [p for p in children(server.process.pid) if "spawn_main" in command_line(p)]
+    return [p for p in children(server.process.pid) if process_name(p).startswith("voidvm-api-")]
 
 
 def agent_of(server: ServerProcess) -> list[int]:
@@ -88,7 +95,8 @@ def wait_until(condition: object, what: str, timeout: float = TIMEOUT) -> None:
 
 
 def test_two_workers_and_the_agent_run_under_serve(server: ServerProcess) -> None:
-    assert len(workers_of(server)) == 2 and len(agent_of(server)) == 1
+    wait_until(lambda: len(workers_of(server)) == 2, "the second worker")  # health answers after the first
+    assert len(agent_of(server)) == 1
     assert oct((server.data_dir / "agent.sock").stat().st_mode & 0o777) == "0o600"
 
 

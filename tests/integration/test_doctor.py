@@ -32,7 +32,8 @@ def _needs_qemu() -> None:
 
 def _doctor(data_dir: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("VOIDVM_")}
-    env |= {"VOIDVM_DATA_DIR": str(data_dir), "COLUMNS": "300", "VOIDVM_LOG_LEVEL": "ERROR"}
+    env |= {"VOIDVM_DATA_DIR": str(data_dir), "VOIDVM_CACHE_DIR": str(data_dir / "cache"),
+            "COLUMNS": "300", "VOIDVM_LOG_LEVEL": "ERROR"}  # fmt: skip
     out = subprocess.run(
         [sys.executable, "-m", "voidvm_server.cli", "doctor"],
         env=env, cwd=ROOT, capture_output=True, text=True, timeout=120 * TCG_SCALE,
@@ -54,7 +55,7 @@ def test_doctor_shows_qemu_systems_version_and_why_the_accelerator_was_chosen(tm
     qemu = shutil.which("qemu-system-x86_64")
     assert qemu is not None
     probed = _doctor(tmp_path)
-    cached = _doctor(tmp_path)  # the second run reads the probe's answer from the data directory
+    cached = _doctor(tmp_path)  # the second run reads the probe's answer from the cache
 
     for rows in (probed, cached):
         assert rows["qemu version"] == _first_line([qemu, "--version"]), rows
@@ -66,7 +67,7 @@ def test_doctor_shows_qemu_systems_version_and_why_the_accelerator_was_chosen(tm
     if not kvm_device_usable():
         assert accel == "tcg" and probed["accelerator reason"] == "/dev/kvm is absent or not permitted"
         return
-    answer = json.loads((tmp_path / CACHE_FILE).read_text())
+    answer = json.loads((tmp_path / "cache" / CACHE_FILE).read_text())
     assert answer["accel"] == accel
     if accel == "tcg":  # this machine: /dev/kvm opens, yet KVM does not boot or is far slower
         assert re.match(r"/dev/kvm opens but (the KVM probe guest did not boot|KVM booted)",
@@ -75,4 +76,4 @@ def test_doctor_shows_qemu_systems_version_and_why_the_accelerator_was_chosen(tm
         assert probed["accelerator reason"].startswith("KVM booted the probe guest in"), probed
     assert "cached in" not in probed["accelerator reason"]
     assert cached["accelerator reason"].startswith(probed["accelerator reason"]), cached
-    assert f"cached in {tmp_path / CACHE_FILE}" in cached["accelerator reason"], cached
+    assert f"cached in {tmp_path / 'cache' / CACHE_FILE}" in cached["accelerator reason"], cached

@@ -40,6 +40,25 @@ async def test_a_cached_answer_from_an_older_rule_is_probed_again(
     monkeypatch.setattr(probe, "_boot_probe", fake_probe)
     assert await choose_accel("auto", "qemu-system-x86_64", "7.2", tmp_path) == "tcg"
     cached = json.loads((tmp_path / probe.CACHE_FILE).read_text())
-    assert cached["rule"] == probe.RULE and cached["accel"] == "tcg"
+    assert cached["rule"] == probe.RULE and cached["accel"] == "tcg" and cached["boot"] == probe.host_boot()
     timings["kvm"] = 0.05  # the cache answers now, whatever a new probe would say
     assert await choose_accel("auto", "qemu-system-x86_64", "7.2", tmp_path) == "tcg"
+
+
+async def test_a_cached_answer_from_another_boot_is_probed_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The cache is the host's: a reboot (or a copy of it on another machine) must probe again."""
+    stale = {"qemu_version": "7.2", "rule": probe.RULE, "boot": "6.1.0 another-boot", "accel": "kvm"}
+    (tmp_path / probe.CACHE_FILE).write_text(json.dumps(stale))
+    probed: list[str] = []
+
+    async def fake_probe(binary: str, accel: str) -> float | None:
+        probed.append(accel)
+        return {"kvm": 1.5, "tcg": 0.1}[accel]
+
+    monkeypatch.setattr(probe, "kvm_device_usable", lambda: True)
+    monkeypatch.setattr(probe, "_boot_probe", fake_probe)
+    assert await choose_accel("auto", "qemu-system-x86_64", "7.2", tmp_path) == "tcg"
+    assert probed, "the stale answer was taken"
+    assert json.loads((tmp_path / probe.CACHE_FILE).read_text())["boot"] == probe.host_boot()

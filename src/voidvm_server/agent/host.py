@@ -30,7 +30,9 @@ def guest_network(settings: Settings) -> GuestNetwork:
 
 
 async def build_driver(settings: Settings, qemu_version: str) -> Driver:
-    accel = await choose_accel(settings.accel, settings.qemu_binary, qemu_version, settings.data_dir)
+    accel = await choose_accel(
+        settings.accel, settings.qemu_binary, qemu_version, settings.resolved_cache_dir
+    )
     network = guest_network(settings)
     await network.prepare()  # before any VM starts or is re-attached
     return QemuDriver(

@@ -46,6 +46,7 @@ from voidvm_server.services.system import SystemService
 from voidvm_server.services.tasks import BackgroundTasks
 from voidvm_server.services.tickets import TicketService
 from voidvm_server.services.users import UserService
+from voidvm_server.services.vm_recovery import SERVER_DOWN, WORKER_GONE
 from voidvm_server.services.vms import VMService
 from voidvm_server.services.workers import WorkerPresence
 
@@ -150,7 +151,9 @@ async def build_container(settings: Settings, driver_factory: DriverFactory | No
     )
 
 
-async def start_services(container: Container) -> None:
+async def start_services(container: Container, *, replacement: bool = False) -> None:
+    """`replacement`: this worker stands in for one of `serve`'s that died, while the rest of the
+    server ran on (what it finds half-done was left by that worker, not by a server stop)."""
     settings = container.settings
     container.live.start()  # listening before the events start: no change falls between
     await container.events.start()
@@ -174,7 +177,8 @@ async def start_services(container: Container) -> None:
     container.operations.start_reaping(then=container.images.recover)
     container.operations.start_pruning()
     container.events.start_pruning()
-    await container.duty.start()  # this worker records the host's events, or waits its turn
+    # This worker records the host's events, or waits its turn.
+    await container.duty.start(meanwhile=WORKER_GONE if replacement else SERVER_DOWN)
     container.auth.start()
     container.monitor.start()
     container.consoles.start()
@@ -209,11 +213,12 @@ def create_app(
     driver_factory: DriverFactory | None = None,
     data_dir_lock: AbstractContextManager[object] | None = None,
     on_ready: Callable[[], None] | None = None,
+    replacement: bool = False,
 ) -> FastAPI:
     """The app; its lifespan holds `data_dir_lock` (taken here when not given) while it runs: the
     data directory's, or the API's own when the host agent runs apart (`agent_socket`); an API
     worker of `serve` is given a null one (the supervisor holds the lock). `on_ready` is called
-    once the services have started."""
+    once the services have started; `replacement` as in `start_services`."""
     lock = data_dir_lock
     if lock is None:
         lock = DataDirLock(settings.data_dir, LOCK_FILE if settings.agent_socket is None else API_LOCK_FILE)
@@ -224,7 +229,7 @@ def create_app(
             container = await build_container(settings, driver_factory)
             app.state.container = container
             try:
-                await start_services(container)
+                await start_services(container, replacement=replacement)
                 if on_ready is not None:
                     on_ready()
                 yield

@@ -39,10 +39,11 @@ class HostDuty:
     def held(self) -> bool:
         return self._lock.held
 
-    async def start(self) -> None:
-        """Take the duty now if it is free (then reconcile before returning), else wait for it."""
+    async def start(self, *, meanwhile: str = SERVER_DOWN) -> None:
+        """Take the duty now if it is free (then reconcile before returning: what it finds
+        half-done happened `meanwhile`), else wait for it."""
         if self._try():
-            await self._take_up()
+            await self._take_up(meanwhile=meanwhile)
         else:
             self._waiting = asyncio.create_task(self._wait_turn(), name="host-duty")
 
@@ -53,7 +54,7 @@ class HostDuty:
             return False
         return True
 
-    async def _take_up(self, *, meanwhile: str = SERVER_DOWN) -> None:
+    async def _take_up(self, *, meanwhile: str) -> None:
         self.vms.start_watching()
         await self.vms.recovery.reconcile(meanwhile=meanwhile)
         reclaim = every(RECLAIM_EVERY_SECONDS, self.vms.recovery.reclaim_abandoned,

@@ -6,7 +6,9 @@ its first line where TCG needs a second. So `auto` boots a 512-byte boot sector 
 byte to the serial port, under KVM with the machine and CPU flags real VMs get and under TCG, and
 takes KVM only when it answers and is not much slower than TCG (on real hardware it is faster), on
 the best of two alternating rounds.
-The answer is cached in the data directory, keyed by the QEMU binary's version and this rule.
+The answer is cached in the host's cache directory (every VoidVM of the host shares it), keyed by
+the QEMU binary's version, this rule and the boot: a reboot, another kernel or another machine
+probes again.
 """
 
 from __future__ import annotations
@@ -106,16 +108,44 @@ def _seconds(value: object) -> float | None:
     return float(value) if isinstance(value, int | float) else None
 
 
-async def probe_accel(requested: str, qemu_binary: str, qemu_version: str, data_dir: Path) -> AccelChoice:
+def host_boot() -> str:
+    """This boot of this host: the kernel's release and its boot id (a new one at every boot)."""
+    try:
+        boot_id = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        boot_id = "unknown"
+    return f"{os.uname().release} {boot_id}"
+
+
+def _write_cache(cache: Path, answer: dict[str, object]) -> None:
+    """Whole or not at all: several VoidVMs of one host may probe at once."""
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=cache.parent, prefix=f".{cache.name}.")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(answer, f)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, cache)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+async def probe_accel(requested: str, qemu_binary: str, qemu_version: str, cache_dir: Path) -> AccelChoice:
     """Choose as the module docstring says, and say why (from the cached probe when it holds)."""
     if requested in {"kvm", "tcg"}:
         return AccelChoice(requested, f"requested (accel = {requested})")
     if not kvm_device_usable():
         return AccelChoice("tcg", "/dev/kvm is absent or not permitted")
-    cache = data_dir / CACHE_FILE
+    cache = cache_dir / CACHE_FILE
+    boot = host_boot()
     with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
         cached = json.loads(cache.read_text())
-        if cached["qemu_version"] == qemu_version and cached.get("rule") == RULE:
+        if (
+            cached["qemu_version"] == qemu_version
+            and cached.get("rule") == RULE
+            and cached.get("boot") == boot
+        ):
             kvm, tcg = _seconds(cached.get("kvm_seconds")), _seconds(cached.get("tcg_seconds"))
             reason = _probe_reason(kvm, tcg) if "kvm_seconds" in cached else "probed earlier"
             return AccelChoice(str(cached["accel"]), f"{reason} (cached in {cache})")
@@ -130,14 +160,14 @@ async def probe_accel(requested: str, qemu_binary: str, qemu_version: str, data_
             kvm,
             tcg if tcg is not None else float("nan"),
         )
-    data_dir.mkdir(parents=True, exist_ok=True)
-    cache.write_text(json.dumps({"qemu_version": qemu_version, "rule": RULE, "accel": accel,
-                                 "kvm_seconds": kvm, "tcg_seconds": tcg}))  # fmt: skip
+    with contextlib.suppress(OSError):  # no cache: the next start probes again
+        _write_cache(cache, {"qemu_version": qemu_version, "rule": RULE, "boot": boot, "accel": accel,
+                             "kvm_seconds": kvm, "tcg_seconds": tcg})  # fmt: skip
     return AccelChoice(accel, _probe_reason(kvm, tcg))
 
 
-async def choose_accel(requested: str, qemu_binary: str, qemu_version: str, data_dir: Path) -> str:
-    return (await probe_accel(requested, qemu_binary, qemu_version, data_dir)).accel
+async def choose_accel(requested: str, qemu_binary: str, qemu_version: str, cache_dir: Path) -> str:
+    return (await probe_accel(requested, qemu_binary, qemu_version, cache_dir)).accel
 
 
 async def qemu_system_version(qemu_binary: str) -> str:
