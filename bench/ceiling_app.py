@@ -2,14 +2,16 @@
 
 One route, `GET /api/v1/vms`, returns a JSON document read from a file (VoidVM's own answer to the
 same request, so the size and the serialisation work match) through a `JSONResponse`, served by
-uvicorn with the settings `voidvm-server serve` uses. No auth, no database, no middleware.
-Run: .venv/bin/python -m bench.ceiling_app --port 8000 --payload answer.json
+uvicorn with the settings `voidvm-server serve` uses, with as many worker processes as VoidVM's
+`serve` is given. No auth, no database, no middleware.
+Run: .venv/bin/python -m bench.ceiling_app --port 8000 --payload answer.json [--workers 2]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -32,14 +34,22 @@ def create_app(payload: dict[str, Any]) -> FastAPI:
     return app
 
 
+def from_environment() -> FastAPI:
+    """The app for each uvicorn worker process: the payload's path comes in the environment."""
+    return create_app(json.loads(Path(os.environ["VOIDVM_CEILING_PAYLOAD"]).read_text()))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--payload", type=Path, required=True)
+    parser.add_argument("--workers", type=int, default=1)
     args = parser.parse_args()
-    payload = json.loads(args.payload.read_text())
+    os.environ["VOIDVM_CEILING_PAYLOAD"] = str(args.payload.resolve())
     uvicorn.run(
-        create_app(payload),
+        "bench.ceiling_app:from_environment",
+        factory=True,
+        workers=args.workers,
         host="127.0.0.1",
         port=args.port,
         log_config=None,

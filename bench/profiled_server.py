@@ -7,8 +7,6 @@ It builds the same app with the same settings and uvicorn options, plus a thin A
   per call) that the totals stay close to an unmeasured request.
 - `X-Bench-Profile: <label>`: the request runs under pyinstrument (async mode: time spent
   awaiting is charged to the awaiting code); much slower, but shows the whole call tree.
-With VOIDVM_BENCH_WHATIF=syncread the plain-sqlite3 experiment of bench/whatif.py is applied
-first (the only patch left there).
 `POST /__bench/profile` writes the pyinstrument sessions and the timer records of every label to
 $VOIDVM_BENCH_PROFILE_DIR and forgets them.
 """
@@ -174,11 +172,7 @@ def main() -> None:
     configure_logging(settings.log_level, json_lines=settings.log_json)
     asyncio.run(install_tiny_image(settings))
     install_timers()
-    if patches := os.environ.get("VOIDVM_BENCH_WHATIF"):
-        from bench import whatif
-
-        whatif.apply(patches.split(","))
-    from voidvm_server.api.app import create_app  # after the patches
+    from voidvm_server.api.app import create_app  # after the timers are in place
 
     out_dir = Path(os.environ["VOIDVM_BENCH_PROFILE_DIR"])
     interval = float(os.environ.get("VOIDVM_BENCH_PROFILE_INTERVAL", "0.0005"))

@@ -139,9 +139,9 @@ BENCHMARKS = [
     ["`bench/create_latency.py`", "`POST /vms` until 201, against `qemu-img create`"],
     [
         "`bench/api_throughput.py`",
-        "`GET /vms` under wrk at rising concurrency, against a bare FastAPI app "
-        "(`bench/ceiling_app.py`) and against the same server reading through plain sqlite3 "
-        "(the experiment of `bench/whatif.py`)",
+        "`GET /vms` under wrk at rising concurrency on `serve` as the README runs it (default "
+        "workers and logging), against a bare FastAPI app with as many workers "
+        "(`bench/ceiling_app.py`) and against `serve --workers 1`",
     ],
     ["`bench/login_flood.py`", "`GET /vms` while 40 clients log in without pause, against the same GET idle"],
     [

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 from datetime import UTC, datetime, timedelta
 
 import jwt
+import pytest
 
 from tests.conftest import Api, auth
+from voidvm_server.errors import AuthError
 
 LOGIN = "/api/v1/auth/login"
 ME = "/api/v1/auth/me"
@@ -189,3 +192,24 @@ async def test_a_disabled_users_api_token_answers_403(api: Api) -> None:
     refused = await api.client.get(ME, headers=auth(api_token))
     assert refused.status_code == 403
     assert refused.json()["error"]["code"] == "ACCOUNT_DISABLED"
+
+
+def test_a_token_checked_once_still_expires_with_the_clock(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Signatures are checked once per token string; the expiry, at every use."""
+    from voidvm_server.auth import tokens as token_module
+
+    service = token_module.TokenService("s" * 32, issuer="voidvm", audience="voidvm-api", access_ttl=60,
+                                        refresh_ttl=600)  # fmt: skip
+    issued = service.issue("usr-1", 0)
+    claims = service.decode(issued.access)
+    assert service.decode(issued.access) is claims  # the second time from the checked ones
+    with pytest.raises(AuthError):  # the same token is not taken as another kind
+        service.decode(issued.access, kind="refresh")
+    later = time.time() + 60 + token_module.LEEWAY_SECONDS + 1
+    monkeypatch.setattr(token_module.time, "time", lambda: later)
+    with pytest.raises(AuthError) as expired:
+        service.decode(issued.access)
+    assert expired.value.code == "TOKEN_EXPIRED"
+    tampered = issued.access[:-2] + ("AA" if issued.access[-2:] != "AA" else "BB")
+    with pytest.raises(AuthError):
+        service.decode(tampered)

@@ -337,3 +337,25 @@ def test_two_processes_share_one_budget_exactly(tmp_path: Path) -> None:
             worker.wait()
     assert sum(r["allowed"] for r in results) == 100
     assert sorted(results[0]["counted"] + results[1]["counted"]) == list(range(1, 301))
+
+
+async def test_a_hit_while_another_process_writes_waits_off_the_event_loop(
+    storage: SqliteLimitStorage,
+) -> None:
+    """Tried in the loop first; with the file's write lock held elsewhere, that try changes
+    nothing and the hit waits on the storage's thread, the loop free meanwhile."""
+    assert await storage.acquire_entry("k", 5, 60)  # the file exists, the loop's connection opened
+    holder = sqlite3.connect(storage.path, isolation_level=None)
+    try:
+        holder.execute("BEGIN IMMEDIATE")
+        hit = asyncio.create_task(storage.acquire_entry("k", 5, 60))
+        ticks = 0
+        for _ in range(20):  # the loop keeps running while the hit waits
+            await asyncio.sleep(0.01)
+            ticks += 1
+        assert not hit.done() and ticks == 20
+        holder.execute("COMMIT")
+        assert await asyncio.wait_for(hit, 10)
+    finally:
+        holder.close()
+    assert await storage.get_moving_window("k", 5, 60) == (pytest.approx(storage.clock(), abs=1), 2)

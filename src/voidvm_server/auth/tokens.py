@@ -9,7 +9,9 @@ from __future__ import annotations
 import hashlib
 import os
 import secrets
+import time
 import uuid
+from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -21,6 +23,8 @@ from voidvm_server.errors import AuthError
 
 ALGORITHM = "HS256"
 API_TOKEN_PREFIX = "vvm_"
+LEEWAY_SECONDS = 5
+VERIFIED_KEPT = 4096  # tokens whose signature and claims were checked, kept per process
 
 
 @dataclass(frozen=True)
@@ -47,6 +51,9 @@ class TokenService:
         self.audience = audience
         self.access_ttl = access_ttl
         self.refresh_ttl = refresh_ttl
+        # A token's signature and fixed claims never change: checked once (60-90 µs of PyJWT),
+        # then only its expiry, which moves with the clock, is checked again at every use.
+        self._verified: OrderedDict[tuple[str, str], TokenClaims] = OrderedDict()
 
     def issue(self, user_id: str, token_version: int) -> IssuedTokens:
         session_id = uuid.uuid4().hex
@@ -74,6 +81,19 @@ class TokenService:
         return jwt.encode(payload, self._secret, algorithm=ALGORITHM)
 
     def decode(self, token: str, *, kind: str = "access") -> TokenClaims:
+        known = self._verified.get((token, kind))
+        if known is not None:
+            if known.expires_at.timestamp() <= time.time() - LEEWAY_SECONDS:  # as PyJWT decides
+                raise AuthError("The token has expired", code="TOKEN_EXPIRED")
+            self._verified.move_to_end((token, kind))
+            return known
+        claims = self._decode(token, kind)
+        self._verified[(token, kind)] = claims
+        if len(self._verified) > VERIFIED_KEPT:
+            self._verified.popitem(last=False)
+        return claims
+
+    def _decode(self, token: str, kind: str) -> TokenClaims:
         try:
             payload = jwt.decode(
                 token,
@@ -82,7 +102,7 @@ class TokenService:
                 audience=self.audience,
                 issuer=self.issuer,
                 options={"require": ["exp", "iat", "iss", "aud", "sub", "sid"]},
-                leeway=5,
+                leeway=LEEWAY_SECONDS,
             )
         except jwt.ExpiredSignatureError as exc:
             raise AuthError("The token has expired", code="TOKEN_EXPIRED") from exc

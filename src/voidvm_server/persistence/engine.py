@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, cast
@@ -116,20 +117,32 @@ class InLoopReader:
     connection is `query_only`, so a write sent through it fails at once instead of waiting for
     the write lock with the loop blocked."""
 
-    def __init__(self, session: Session) -> None:
-        self._session = session
+    def __init__(self, sessions: sessionmaker[Session], plain: Callable[[], sqlite3.Connection]) -> None:
+        self._sessions = sessions
+        self._session: Session | None = None  # made at the first statement that needs it
+        self.plain_connection = plain  # for a `PlainRead` (persistence/plain_reads.py)
+
+    @property
+    def session(self) -> Session:
+        if self._session is None:
+            self._session = self._sessions()
+        return self._session
+
+    def close(self) -> None:
+        if self._session is not None:
+            self._session.close()
 
     async def execute(self, statement: Executable, params: dict[str, Any] | None = None) -> Result[Any]:
-        return self._session.execute(statement, params)
+        return self.session.execute(statement, params)
 
     async def scalar(self, statement: Executable, params: dict[str, Any] | None = None) -> Any:
-        return self._session.scalar(statement, params)
+        return self.session.scalar(statement, params)
 
     async def scalars(self, statement: Executable, params: dict[str, Any] | None = None) -> Any:
-        return self._session.scalars(statement, params)
+        return self.session.scalars(statement, params)
 
     async def get(self, entity: Any, ident: Any) -> Any:
-        return self._session.get(entity, ident)
+        return self.session.get(entity, ident)
 
 
 class Database:
@@ -148,10 +161,22 @@ class Database:
         self._sessions = async_sessionmaker(self.engine, expire_on_commit=False)
         self._readers: sessionmaker[Session] | None = None
         self._read_engine: Engine | None = None
+        self._plain: tuple[int, sqlite3.Connection] | None = None  # (its process, the connection)
         if self.is_sqlite and make_url(url).database not in (None, "", ":memory:"):
             self._read_engine = create_engine(make_url(url).set(drivername="sqlite+pysqlite"))
             event.listen(self._read_engine, "connect", _sqlite_read_only)
             self._readers = sessionmaker(self._read_engine, expire_on_commit=False)
+
+    def _plain_connection(self) -> sqlite3.Connection:
+        """This process's connection for the plain reads: one is enough, since a plain read runs
+        whole in the event loop, never interleaved with another. Autocommit: each statement sees
+        the newest committed state, and none holds a snapshot between requests."""
+        if self._plain is None or self._plain[0] != os.getpid():  # a forked worker opens its own
+            path = make_url(self.url).database or ""
+            connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            _sqlite_read_only(connection, None)
+            self._plain = (os.getpid(), connection)
+        return self._plain[1]
 
     @asynccontextmanager
     async def session(self) -> AsyncIterator[AsyncSession]:
@@ -185,17 +210,19 @@ class Database:
             async with self._session(read_only=True) as s:
                 yield s
             return
+        # No begin/commit: the session, if one was needed, is closed (and its connection reset)
+        # when the block ends. Typed as AsyncSession so that the repositories take it: it has that
+        # class's read methods, and a write through it fails (query_only).
+        reader = InLoopReader(self._readers, self._plain_connection)
         try:
-            # No begin/commit: the session is closed (and its connection reset) when the block ends.
-            with self._readers() as session:
-                # Typed as AsyncSession so that the repositories take it: it has that class's read
-                # methods, and a write through it fails (query_only).
-                yield cast(AsyncSession, InLoopReader(session))
+            yield cast(AsyncSession, reader)
         except sa_exc.SQLAlchemyError as exc:
             # SQLITE_READONLY here is a write sent through the reader: a bug (500), not an outage.
             if database_unavailable(exc) and _sqlite_code(exc) != sqlite3.SQLITE_READONLY:
                 raise unavailable() from exc
             raise
+        finally:
+            reader.close()
 
     async def ping(self) -> None:
         """Raise when the database cannot be reached (on SQLite through a reader: a ping must
@@ -211,6 +238,9 @@ class Database:
         await asyncio.to_thread(upgrade, self.url, revision)
 
     async def close(self) -> None:
+        if self._plain is not None and self._plain[0] == os.getpid():
+            self._plain[1].close()
+        self._plain = None
         await self.engine.dispose()
         if self._read_engine is not None:
             self._read_engine.dispose()

@@ -6,11 +6,12 @@ Each takes the `AsyncSession` of the current unit of work; none commits on its o
 from __future__ import annotations
 
 import builtins
+import functools
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Row, Select, bindparam, delete, func, or_, select, update
+from sqlalchemy import Integer, Row, Select, String, bindparam, delete, func, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
@@ -31,6 +32,7 @@ from voidvm_server.domain.models import (
     VMStatus,
 )
 from voidvm_server.errors import ConflictError
+from voidvm_server.persistence.plain_reads import PlainRead, fetch_all
 from voidvm_server.persistence.tables import (
     ApiTokenRow,
     AuditRow,
@@ -81,8 +83,8 @@ def _user(row: UserRow | AnyRow) -> User:
     )
 
 
-# Built once: SQLAlchemy then reuses its cache key and compiled form on every request.
-_USER_WITH_SESSION = (
+# Built and compiled once: every authenticated request runs it (see persistence/plain_reads.py).
+_USER_WITH_SESSION = PlainRead(
     select(*_users, _revoked.session_id.label("revoked_session"))
     .outerjoin(RevokedSessionRow.__table__, _revoked.session_id == bindparam("session_id"))
     .where(_users.id == bindparam("user_id"))
@@ -100,10 +102,10 @@ class UserRepository:
     async def get_with_session(self, user_id: str, session_id: str) -> tuple[User | None, bool]:
         """The user and whether this login session was revoked, in one query (every request)."""
         params = {"user_id": user_id, "session_id": session_id}
-        row = (await self.session.execute(_USER_WITH_SESSION, params)).first()
-        if row is None:
+        rows = await fetch_all(self.session, _USER_WITH_SESSION, params)
+        if not rows:
             return None, False
-        return _user(row), row.revoked_session is not None
+        return _user(rows[0]), rows[0].revoked_session is not None
 
     async def by_username(self, username: str) -> User | None:
         row = await self.session.scalar(select(UserRow).where(UserRow.username == username))
@@ -400,6 +402,37 @@ _VM_WITH_OWNER: Select[Any] = select(*_vms, _users.username.label("owner_usernam
 )
 
 
+@functools.lru_cache(maxsize=256)
+def _list_reads(
+    by_owner: bool, statuses: int, search: bool, sort: tuple[tuple[str, bool], ...]
+) -> tuple[PlainRead, PlainRead]:
+    """A list's page and its count, for one shape of query (whether it filters by owner, how
+    many statuses, whether it searches, the order), with every value a parameter: built and
+    compiled once per shape. The page's ids come first, from the index alone (OFFSET skips index
+    entries, not joined rows), then only those rows with their owners; the count from the index."""
+    conditions: list[Any] = []
+    if by_owner:
+        conditions.append(_vms.owner_id == bindparam("owner_id"))
+    if statuses:
+        conditions.append(_vms.status.in_([bindparam(f"status_{i}", type_=String) for i in range(statuses)]))
+    if search:
+        pattern = bindparam("pattern", type_=String)
+        conditions.append(
+            or_(_vms.name.ilike(pattern, escape="\\"), _vms.description.ilike(pattern, escape="\\"))
+        )
+    order = [*(SORTABLE[key].desc() if desc else SORTABLE[key].asc() for key, desc in sort), _vms.id]
+    page_ids = (
+        select(_vms.id)
+        .where(*conditions)
+        .order_by(*order)
+        .offset(bindparam("offset", type_=Integer))
+        .limit(bindparam("limit", type_=Integer))
+    )
+    page = _VM_WITH_OWNER.where(_vms.id.in_(page_ids)).order_by(*order)
+    count = select(func.count()).select_from(VMRow.__table__).where(*conditions)
+    return PlainRead(page), PlainRead(count)
+
+
 class VMRepository:
     def __init__(self, session: AsyncSession) -> None:
         self.session = session
@@ -466,36 +499,20 @@ class VMRepository:
         offset: int,
         limit: int,
     ) -> tuple[list[VM], int]:
-        conditions = []
-        if owner_id is not None:
-            conditions.append(_vms.owner_id == owner_id)
-        if status:
-            conditions.append(_vms.status.in_(list(status)))
+        statuses = tuple(dict.fromkeys(status or ()))
+        page_read, count_read = _list_reads(owner_id is not None, len(statuses), bool(search), tuple(sort))
+        params: dict[str, Any] = {"offset": offset, "limit": limit, "owner_id": owner_id}
+        params |= {f"status_{i}": value for i, value in enumerate(statuses)}
         if search:
-            pattern = "%" + search.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
-            conditions.append(
-                or_(
-                    _vms.name.ilike(pattern, escape="\\"),
-                    _vms.description.ilike(pattern, escape="\\"),
-                )
-            )
-        order = [
-            *(SORTABLE[key].desc() if desc else SORTABLE[key].asc() for key, desc in sort),
-            _vms.id,
-        ]
-        # The page's ids first, from the index alone (OFFSET skips index entries, not joined
-        # rows), then only those rows with their owners; the total from the index too.
-        page_ids = select(_vms.id).where(*conditions).order_by(*order).offset(offset).limit(limit)
-        rows = (
-            await self.session.execute(self._select().where(_vms.id.in_(page_ids)).order_by(*order))
-        ).all()
+            escaped = search.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+            params["pattern"] = f"%{escaped}%"
+        rows = await fetch_all(self.session, page_read, params)
         vms = [_vm(r, r.owner_username) for r in rows]
         if rows and len(rows) < limit:  # the last page: the total is known without counting
             return vms, offset + len(rows)
         if not rows and offset == 0:
             return vms, 0
-        count = select(func.count()).select_from(VMRow.__table__).where(*conditions)
-        total = int(await self.session.scalar(count) or 0)
+        total = int((await fetch_all(self.session, count_read, params))[0][0] or 0)
         # Two statements: a delete in between must not leave a total smaller than the page shows.
         return vms, max(total, offset + len(rows)) if rows else total
 
