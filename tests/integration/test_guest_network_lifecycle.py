@@ -79,16 +79,25 @@ async def test_passt_outlives_a_server_restart_and_the_ssh_forward_still_answers
             await wait_gone(passt, timeout=5)
 
 
+@pytest.mark.parametrize("qemu_fails", ["at once", "once passt runs"])
 async def test_a_start_that_fails_leaves_no_passt_behind(
-    tmp_path: Path, tiny_image: tuple[Path, Path]
+    tmp_path: Path, tiny_image: tuple[Path, Path], qemu_fails: str
 ) -> None:
+    """passt is launched beside QEMU: a QEMU that fails cancels a launch under way, or ends the
+    passt already running."""
+    qemu = "/bin/false"
+    if qemu_fails == "once passt runs":
+        qemu = str(tmp_path / "slow-false")
+        Path(qemu).write_text("#!/bin/sh\nsleep 1\nexit 1\n")
+        Path(qemu).chmod(0o755)
     with isolated_network() as net:
-        driver = QemuDriver(tmp_path, accel="tcg", binary="/bin/false", network=GuestNetwork(netns=net.host))
+        driver = QemuDriver(tmp_path, accel="tcg", binary=qemu, network=GuestNetwork(netns=net.host))
         await driver.prepare_disk("vm-doomed", tiny_media(tiny_image), 1)
         spec = VMSpec("vm-doomed", 1, 128, tiny_media(tiny_image), free_loopback_port())
         with pytest.raises(DriverError, match="QEMU failed to start"):
             await driver.start(spec)
-        assert (driver.run_dir("vm-doomed") / "passt.log").exists()  # passt did run
+        if qemu_fails == "once passt runs":
+            assert (driver.run_dir("vm-doomed") / "passt.log").exists()  # passt did run
 
         async def none_left() -> bool:
             return not passt_pids(str(tmp_path))
@@ -131,3 +140,36 @@ async def test_with_no_network_at_all_the_vm_still_gets_its_passt(
         finally:
             await stop(driver, "vm-offline")
     assert not os.path.exists(f"/run/netns/{netns}")
+
+
+async def test_a_passt_that_finds_no_uplink_leaves_the_vm_on_the_restricted_network(
+    tmp_path: Path, tiny_image: tuple[Path, Path]
+) -> None:
+    """Such a passt (Debian 12's, offline) is only known to fail once QEMU, launched beside it, is
+    up: that paused QEMU is discarded and one on QEMU's restricted network takes its place, with
+    never two QEMUs for the VM."""
+    refusing = tmp_path / "refusing-passt"
+    refusing.write_text("#!/bin/sh\necho 'External interface not usable' >&2\nexit 1\n")
+    refusing.chmod(0o755)
+    with isolated_network() as net:
+        network = GuestNetwork(passt_binary=str(refusing), netns=net.host)
+        driver = QemuDriver(tmp_path, accel="tcg", network=network)
+        await driver.prepare_disk("vm-restricted", tiny_media(tiny_image), 1)
+        spec = VMSpec("vm-restricted", 1, 128, tiny_media(tiny_image), free_loopback_port())
+        try:
+            pid = await driver.start(spec)
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            assert any(b"restrict=on" in arg for arg in argv), argv
+            run_dir = str(driver.run_dir("vm-restricted"))
+            qemus = [p for p in os.listdir("/proc") if p.isdigit() and run_dir.encode() in _cmdline(p)]
+            assert qemus == [str(pid)]
+            assert not PasstFiles(driver.run_dir("vm-restricted")).pidfile.exists()
+        finally:
+            await stop(driver, "vm-restricted")
+
+
+def _cmdline(pid: str) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""

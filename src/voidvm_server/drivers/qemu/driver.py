@@ -15,6 +15,7 @@ import errno
 import logging
 import os
 import shutil
+import socket
 import time
 from collections.abc import Coroutine
 from dataclasses import dataclass
@@ -71,6 +72,19 @@ def storage_problem(exc: BaseException) -> StorageError | None:
     if codes & set(_READ_ONLY):
         return StorageError("The server's VM storage is not writable", code="STORAGE_READ_ONLY")
     return None
+
+
+async def _discard(pid: int, paths: RunPaths, patience: float = 10.0) -> None:
+    """Kill a QEMU that was started but never let run, and wait until it is gone (it is no child
+    of ours: it daemonized), so that a second one can take its sockets and pidfile."""
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, 9)
+    deadline = time.monotonic() + patience
+    while is_qemu_process(pid, paths.run_dir) and time.monotonic() < deadline:  # noqa: ASYNC110 (not our child)
+        await asyncio.sleep(0.01)
+    for stale in (paths.qmp, paths.serial, paths.vnc, paths.pidfile):
+        with contextlib.suppress(FileNotFoundError):
+            stale.unlink()
 
 
 def _owner_only(*sockets: Path) -> None:
@@ -214,19 +228,23 @@ class QemuDriver:
             with contextlib.suppress(FileNotFoundError):
                 stale.unlink()
         await self._new_console_log(spec.vm_id, paths)
+        # passt is launched beside QEMU, which starts paused (-S): its guest runs only once both
+        # are up, and a QEMU started for a passt that then finds no uplink has run nothing.
         link = await self.network.connect(spec.vm_id, paths.run_dir, spec.ssh_port)
-        net_fd = link.qemu_end.fileno() if link.qemu_end is not None else None
-        argv = build_argv(spec, paths, binary=self.binary, accel=self.accel, net_fd=net_fd)
-        old_umask = os.umask(0o077)
+        pid: int | None = None
         try:
-            pid = await spawn_daemonized(argv, paths.pidfile, timeout=60,
-                                         pass_fds=() if net_fd is None else (net_fd,))  # fmt: skip
+            pid = await self._launch_qemu(spec, paths, link.qemu_end)
+            link.close_qemu_end()  # QEMU holds its own copy now
+            if not await link.settle():  # no uplink: on QEMU's restricted network instead
+                await _discard(pid, paths)
+                pid = None
+                pid = await self._launch_qemu(spec, paths, None)
         except BaseException:
+            if pid is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, 9)
             link.abandon()
             raise
-        finally:
-            os.umask(old_umask)
-            link.close_qemu_end()  # QEMU holds its own copy now
         _owner_only(paths.qmp, paths.serial, paths.vnc)
         try:
             await self._track(spec.vm_id, pid, link.passt)
@@ -236,6 +254,16 @@ class QemuDriver:
             link.abandon()
             raise
         return pid
+
+    async def _launch_qemu(self, spec: VMSpec, paths: RunPaths, net: socket.socket | None) -> int:
+        net_fd = net.fileno() if net is not None else None
+        argv = build_argv(spec, paths, binary=self.binary, accel=self.accel, net_fd=net_fd)
+        old_umask = os.umask(0o077)
+        try:
+            return await spawn_daemonized(argv, paths.pidfile, timeout=60,
+                                          pass_fds=() if net_fd is None else (net_fd,))  # fmt: skip
+        finally:
+            os.umask(old_umask)
 
     async def _new_console_log(self, vm_id: str, paths: RunPaths) -> None:
         ending = self._console_endings.pop(vm_id, None)

@@ -13,12 +13,12 @@ forward works, the guest reaches neither this host nor anything else.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import pwd
 import shutil
 import socket
-from dataclasses import dataclass
 from pathlib import Path
 
 from voidvm_server.drivers.qemu import guest_firewall
@@ -37,24 +37,66 @@ log = logging.getLogger(__name__)
 NETNS_DIR = Path("/run/netns")
 
 
-@dataclass
 class GuestLink:
-    """What a VM's start gets: passt and QEMU's end of their socket pair, or neither (restricted)."""
+    """A VM's network as its start makes it: QEMU's end of the socket pair it shares with passt,
+    while passt is launched beside QEMU (`settle` waits for it), or neither (restricted)."""
 
-    passt: PasstProcess | None = None
-    qemu_end: socket.socket | None = None
+    def __init__(
+        self,
+        pair: tuple[socket.socket, socket.socket] | None = None,
+        launch: asyncio.Task[PasstProcess | None] | None = None,
+    ) -> None:
+        self.qemu_end: socket.socket | None = pair[0] if pair is not None else None
+        self._passt_end: socket.socket | None = pair[1] if pair is not None else None
+        self.passt: PasstProcess | None = None
+        self._launch = launch
+
+    async def settle(self) -> bool:
+        """Wait for passt. False when it found no network to connect the guest to: the QEMU
+        given `qemu_end` must then be started again on the restricted network."""
+        if self._launch is None:
+            return True
+        try:
+            self.passt = await self._launch
+        finally:
+            self._launch = None
+            self._close_passt_end()  # passt holds its own copy now, or is not there
+        if self.passt is None:
+            self.close_qemu_end()
+            return False
+        return True
 
     def close_qemu_end(self) -> None:
         if self.qemu_end is not None:
             self.qemu_end.close()
             self.qemu_end = None
 
+    def _close_passt_end(self) -> None:
+        if self._passt_end is not None:
+            self._passt_end.close()
+            self._passt_end = None
+
     def abandon(self) -> None:
-        """The VM did not start: passt must not outlive it (it would quit at EOF anyway)."""
+        """The VM did not start: passt must not outlive it (it would quit at EOF anyway). A
+        launch under way is cancelled, which kills what it started."""
         self.close_qemu_end()
+        self._close_passt_end()  # a launch not yet begun then fails on it, or is cancelled
+        if self._launch is not None:
+            self._launch.cancel()
+            self._launch.add_done_callback(_kill_launched)
+            self._launch = None
         if self.passt is not None:
             self.passt.kill()
             self.passt.close()
+
+
+def _kill_launched(launch: asyncio.Task[PasstProcess | None]) -> None:
+    if launch.cancelled() or launch.exception() is not None:
+        return
+    passt = launch.result()
+    if passt is not None:
+        passt.kill()
+        passt.close()
 
 
 class GuestNetwork:
@@ -163,6 +205,8 @@ class GuestNetwork:
 
     # -- one VM's start ----------------------------------------------------------------------
     async def connect(self, vm_id: str, run_dir: Path, ssh_port: int | None) -> GuestLink:
+        """The checks a guest's network needs, then the link: passt's launch is under way when
+        this returns, so that QEMU can start beside it (see `GuestLink.settle`)."""
         if not self._passt_found():
             return GuestLink()
         if self._netns_problem() is not None:
@@ -174,20 +218,27 @@ class GuestNetwork:
             problem = await self._fence()
             if problem is not None:
                 raise DriverError("The guest network's firewall could not be loaded", details=problem)
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        launch = asyncio.create_task(self._launch(vm_id, run_dir, ssh_port, theirs), name=f"passt-{vm_id}")
+        return GuestLink((ours, theirs), launch)
+
+    async def _launch(
+        self, vm_id: str, run_dir: Path, ssh_port: int | None, passt_end: socket.socket
+    ) -> PasstProcess | None:
+        """passt for one VM, or None when it finds no uplink (the guest is then restricted)."""
         await self._keep_fence()
         files = PasstFiles(run_dir)
         runas = self._runas or _root_default()
         try:
-            passt, qemu_end = await launch_passt(files, binary=self.passt_binary, ssh_port=ssh_port,
-                                                 runas=runas, netns=self.netns)  # fmt: skip
+            return await launch_passt(files, passt_end, binary=self.passt_binary, ssh_port=ssh_port,
+                                      runas=runas, netns=self.netns)  # fmt: skip
         except PasstError as exc:
             if not exc.no_uplink:
                 raise
             log.warning("VM %s: passt finds no network (no default route%s) to connect it to; it "
                         "gets QEMU's restricted network, SSH forward only", vm_id, self._where())  # fmt: skip
             files.pidfile.unlink(missing_ok=True)  # a re-attach then expects no passt
-            return GuestLink()
-        return GuestLink(passt, qemu_end)
+            return None
 
     async def _keep_fence(self) -> None:
         """A firewall reload (`nft flush ruleset`) or a re-created namespace drops the table: put it

@@ -143,23 +143,17 @@ def find_passt(files: PasstFiles) -> PasstProcess | None:
 
 async def launch_passt(
     files: PasstFiles,
+    passt_end: socket.socket,
     *,
     binary: str,
     ssh_port: int | None,
     runas: tuple[str, int, int] | None,
     netns: str | None,
-) -> tuple[PasstProcess, socket.socket]:
-    """Start passt; return it and QEMU's end of the pair (the caller hands it to QEMU, then closes
-    it). `runas` is (user, uid, gid) when passt is to drop to that user."""
-    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        process = await _spawn(files, binary, theirs, ssh_port, runas, netns)
-    except BaseException:
-        ours.close()
-        raise
-    finally:
-        theirs.close()
-    return process, ours
+) -> PasstProcess:
+    """Start passt on its end of the socket pair it shares with QEMU (the caller closes it once
+    this returns: passt holds its own copy). `runas` is (user, uid, gid) when passt is to drop to
+    that user."""
+    return await _spawn(files, binary, passt_end, ssh_port, runas, netns)
 
 
 async def _spawn(
