@@ -1,13 +1,17 @@
-"""WebSocket fan-out: one VM state change, N subscribed sockets, delivery latency per socket.
+"""WebSocket fan-out: one VM state change, N subscribed sockets across serve's API workers.
 
-A real server (uvicorn, SQLite, QEMU) runs in a subprocess; this process opens N sockets (ten per
-user, the default per-user limit, across as many admin users as needed), subscribes each to the
-VM's `vm-status`, then toggles pause/resume on a running tiny guest: every toggle is exactly one
-state change. Latency = the moment a client has the message minus the moment the server began to
-write the event to its database (the server process writes each time to a file; both sides read
-the same wall clock). Every socket's latency is one sample; "all delivered" is the slowest socket of
-a round. The clients share one Python process and one core: what they see includes their own
-decoding of N messages, as a dashboard's would.
+A real server runs in a subprocess: `voidvm-server serve` with its default workers (one per core)
+and the host agent, its workers forked with one addition, a record of when each event is written.
+This process opens N sockets (ten per user, the default per-user limit, across as many admin users
+as needed); the kernel spreads the connections over the workers, so with two of them about half
+the subscribers sit on the worker that does not write the change and hear of it through the
+events table (on SQLite, woken by the writer's ring of their doorbell, services/event_follow.py).
+Each socket subscribes to the VM's `vm-status`, then pause/resume is toggled on a running tiny
+guest: every toggle is exactly one state change. Latency = the moment a client has the message
+minus the moment the writing worker began to write the event to the database (both sides read the
+same wall clock). Every socket's latency is one sample; "all delivered" is the slowest socket of
+a round. The clients share one Python process: what they see includes their own decoding of N
+messages, as a dashboard's would.
 Run: .venv/bin/python -m bench.ws_fanout [--sockets 1,100,500] [--rounds 20]
 """
 
@@ -34,43 +38,22 @@ PER_USER = 10
 
 # -- the server side (runs in the subprocess) ------------------------------------------------------
 def serve_child(publish_log: Path) -> None:
-    """`voidvm-server serve`, plus a record of when each event is written (EventLog.add)."""
-    import uvicorn
+    """`voidvm-server serve` whose workers record when each event is written (EventLog.add)."""
+    from voidvm_server import cli
+    from voidvm_server.services.event_log import EventLog
 
-    from voidvm_server.api.app import create_app
-    from voidvm_server.config import load_settings
-    from voidvm_server.logging_setup import configure_logging
-    from voidvm_server.tiny import install_tiny_image
+    add = EventLog.add
+    out = publish_log.open("a", buffering=1)  # one line per write: the workers' lines never mix
 
-    settings = load_settings()
-    configure_logging(settings.log_level)
+    async def timed_add(self: EventLog, *args: Any, **kwargs: Any) -> Any:
+        at = time.time()  # before the row is written: the latency includes the commit
+        event = await add(self, *args, **kwargs)
+        out.write(f"{event.id} {at:.6f}\n")
+        return event
 
-    async def main() -> None:
-        await install_tiny_image(settings)
-        app = create_app(settings)
-        config = uvicorn.Config(app, host=settings.host, port=settings.port, log_config=None,
-                                ws_max_size=settings.ws_max_message_bytes,
-                                ws_ping_interval=settings.ws_ping_interval_seconds)  # fmt: skip
-        server = uvicorn.Server(config)
-        task = asyncio.create_task(server.serve())
-        while not server.started and not task.done():  # noqa: ASYNC110 (uvicorn has no event)
-            await asyncio.sleep(0.01)
-        if task.done():
-            return
-        events = app.state.container.events
-        add = events.add
-        out = publish_log.open("a", buffering=1)
-
-        async def timed_add(*args: Any, **kwargs: Any) -> Any:
-            at = time.time()  # before the row is written: the latency includes the commit
-            event = await add(*args, **kwargs)
-            out.write(f"{event.id} {at:.6f}\n")
-            return event
-
-        events.add = timed_add
-        await task
-
-    asyncio.run(main())
+    EventLog.add = timed_add  # type: ignore[method-assign]  # forked workers inherit it
+    sys.argv = ["voidvm-server", "serve"]
+    cli.main()
 
 
 def published_at(publish_log: Path, event_id: int) -> float:
@@ -165,7 +148,7 @@ def ms(value: float) -> str:
 def run(socket_counts: list[int], rounds: int) -> Section:
     section = Section(
         "ws_fanout",
-        "WebSocket fan-out: one state change to N subscribed sockets",
+        "WebSocket fan-out: one state change to N subscribed sockets, across API workers",
         f".venv/bin/python -m bench.ws_fanout --sockets {','.join(map(str, socket_counts))} "
         f"--rounds {rounds}",
     )
@@ -201,7 +184,8 @@ def run(socket_counts: list[int], rounds: int) -> Section:
     section.reading.append(
         f"With {max(results)} sockets the median socket has the change {ms(percentile(largest, 0.5))} after "
         f"the domain recorded it, the 99th percentile {ms(percentile(largest, 0.99))}; the spread is mostly "
-        "the single client process decoding its messages one after another."
+        "the single client process decoding its messages one after another (and sharing the "
+        "cores with the two workers sending them)."
     )
     section.data = {str(k): v for k, v in results.items()}
     return section.finish()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import statistics
 import sys
 import time
@@ -135,7 +136,10 @@ async def test_a_burst_longer_than_a_page_is_delivered_whole(tmp_path: Path) -> 
 
 async def test_pruning_never_stalls_the_follower(tmp_path: Path) -> None:
     url = f"sqlite+aiosqlite:///{tmp_path / 'events.db'}"
-    async with nodes(url, poll=3600, safety_poll=3600) as (a, b):  # a wakes for its own writes only
+    async with nodes(url, poll=3600, safety_poll=3600, doorbells=False) as (
+        a,
+        b,
+    ):  # a wakes for its own writes only
         ids = [(await publish(b, n)).id for n in range(20)]
         b.log.keep = 5
         assert await b.log.prune() == 15  # before a read any of them
@@ -295,7 +299,7 @@ async def test_close_stops_the_follower_cleanly(database_url: str) -> None:
 
 
 async def test_a_wake_up_left_to_a_local_unit_of_work_that_rolls_back_is_not_lost(tmp_path: Path) -> None:
-    async with nodes(f"sqlite+aiosqlite:///{tmp_path / 'events.db'}", poll=3600) as (a, b):
+    async with nodes(f"sqlite+aiosqlite:///{tmp_path / 'events.db'}", poll=3600, doorbells=False) as (a, b):
         theirs = await publish(b, 0)  # a's watch sleeps: a hears of it only as below
         with pytest.raises(RuntimeError):
             async with a.log.session() as s:
@@ -320,3 +324,25 @@ async def test_the_listener_keeps_trying_while_postgresql_is_away_and_stops_when
     listening.cancel()
     await asyncio.wait([listening])
     assert listening.cancelled()  # its CancelledError, never another error
+
+
+async def test_a_doorbell_brings_another_process_event_without_waiting_for_the_poll(tmp_path: Path) -> None:
+    """SQLite's stand-in for NOTIFY: with the poll an hour away, a ring alone wakes the follower."""
+    url = f"sqlite+aiosqlite:///{tmp_path / 'events.db'}"
+    async with nodes(url, poll=3600, safety_poll=3600) as (a, b):
+        ids = [(await publish(b, n)).id for n in range(3)]
+        await heard_all(a, ids, "a to hear b's events through its doorbell")
+        doorbells = sorted(p.name for p in (tmp_path / "doorbells").iterdir())
+        assert len(doorbells) == 2, doorbells
+    assert not list((tmp_path / "doorbells").iterdir())  # each taken down at close
+
+
+async def test_a_doorbell_left_by_a_killed_process_is_removed_at_the_next_ring(tmp_path: Path) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path / 'events.db'}"
+    (tmp_path / "doorbells").mkdir(mode=0o700)
+    gone = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    gone.bind(str(tmp_path / "doorbells" / "99999-dead.sock"))
+    gone.close()  # its file stays, as a SIGKILL leaves it
+    async with nodes(url, count=1) as (a,):
+        await publish(a, 1)
+        assert not (tmp_path / "doorbells" / "99999-dead.sock").exists()

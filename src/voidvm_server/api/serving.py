@@ -148,6 +148,10 @@ def serving_config(
         ws_max_size=settings.ws_max_message_bytes * 4,
         ws_ping_interval=settings.ws_ping_interval_seconds,
         ws_ping_timeout=settings.ws_ping_interval_seconds,
+        # No permessage-deflate: VoidVM's messages are small JSON and console bytes, and
+        # compressing each one for each socket was a fifth of a worker's time in a fan-out to
+        # 500 sockets (docs/benchmarks.md), for a few dozen bytes saved a message.
+        ws_per_message_deflate=False,
         proxy_headers=bool(trusted),
         forwarded_allow_ips=trusted or None,
         server_header=False,

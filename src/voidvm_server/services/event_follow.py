@@ -10,16 +10,24 @@ opened again after a short pause.
   id once a second, in case a notification was lost (and to know the connection still works).
 - SQLite: a connection of its own, in the event loop, asks every `interval` whether another
   connection committed (`PRAGMA data_version`, a read of shared memory) and, only then, the
-  table's newest id. In WAL mode neither waits for a writer.
+  table's newest id. In WAL mode neither waits for a writer. Besides, every process of the host
+  has a doorbell (`Doorbells`), a datagram socket that a writer rings after each commit with
+  events: SQLite's stand-in for NOTIFY, so that a follower hears at once instead of at its next
+  look; the look stays, for a ring lost or never sent (a writer killed after its commit).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
+import os
+import secrets
+import socket
 import sqlite3
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import asyncpg  # type: ignore[import-untyped]
@@ -52,6 +60,81 @@ def postgres_connect_args(db: Database) -> dict[str, Any]:
 
 
 Wake = Callable[[int | None], None]
+
+
+class Doorbells:
+    """One datagram socket per process in `directory`, rung with the newest event id after each
+    commit with events by any process of the host. Ringing never waits: a full or gone doorbell
+    is skipped (its owner's `watch_sqlite` catches up all the same), one nobody answers any more
+    is removed."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self._own: socket.socket | None = None
+        self._own_path: Path | None = None
+        self._sender: socket.socket | None = None
+
+    def open(self, wake: Wake) -> None:
+        """Hang this process's doorbell; without one (a path too long for a unix socket, say) it
+        hears of other processes' events at its next look only."""
+        path = self.directory / f"{os.getpid()}-{secrets.token_hex(4)}.sock"
+        own = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        try:
+            self.directory.mkdir(mode=0o700, exist_ok=True)
+            own.setblocking(False)
+            own.bind(str(path))
+        except OSError as exc:
+            own.close()
+            log.info("No doorbell for events in %s (%s): other processes' events are seen within "
+                     "the watch's interval", self.directory, exc)  # fmt: skip
+            return
+        self._own, self._own_path = own, path
+        self._sender = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self._sender.setblocking(False)
+        asyncio.get_running_loop().add_reader(own.fileno(), self._answer, wake)
+
+    def _answer(self, wake: Wake) -> None:
+        """Every ring waiting, then one look for them all."""
+        assert self._own is not None
+        newest, unknown = 0, False
+        while True:
+            try:
+                payload = self._own.recv(32)
+            except OSError:  # BlockingIOError: no more rings
+                break
+            if payload.isdigit():
+                newest = max(newest, int(payload))
+            else:
+                unknown = True
+        wake(None if unknown else newest)
+
+    def ring(self, newest: int) -> None:
+        if self._sender is None:
+            return
+        try:
+            doorbells = list(self.directory.iterdir())
+        except OSError:
+            return
+        payload = str(newest).encode()
+        for path in doorbells:
+            if path == self._own_path or path.suffix != ".sock":
+                continue
+            try:
+                self._sender.sendto(payload, str(path))
+            except OSError as exc:
+                if exc.errno == errno.ECONNREFUSED:  # its process is gone
+                    path.unlink(missing_ok=True)
+
+    def close(self) -> None:
+        if self._own is not None:
+            with contextlib.suppress(RuntimeError):  # the loop is closed already
+                asyncio.get_running_loop().remove_reader(self._own.fileno())
+            self._own.close()
+        if self._own_path is not None:
+            self._own_path.unlink(missing_ok=True)
+        if self._sender is not None:
+            self._sender.close()
+        self._own = self._own_path = self._sender = None
 
 
 async def watch_sqlite(path: str, wake: Wake, *, interval: float) -> None:

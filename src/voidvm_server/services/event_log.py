@@ -15,7 +15,8 @@ processes before them (when there are none, straight from memory, without a read
 `start()` on, a follower task also catches up whenever woken (services/event_follow.py): on
 PostgreSQL by the NOTIFY every commit with events sends, heard on a LISTEN connection that also
 checks the newest id once a second (a notification is lost while that connection is down); on
-SQLite by a poll of `PRAGMA data_version` every 20 ms. A catch-up that fails (the database away)
+SQLite by a doorbell every writer rings after its commit, and a poll of `PRAGMA data_version`
+every 20 ms for a ring that never came. A catch-up that fails (the database away)
 is logged and tried again; pruning only leaves fewer rows to read, so the follower never skips a
 kept event nor stalls. (An EventLog never started delivers its own writes only, from its first
 one on.)
@@ -34,6 +35,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -43,6 +45,7 @@ from voidvm_server.persistence.engine import Database
 from voidvm_server.persistence.events import EventRepository
 from voidvm_server.services.clock import now
 from voidvm_server.services.event_follow import (
+    Doorbells,
     listen_postgres,
     postgres_connect_args,
     sqlite_file,
@@ -70,6 +73,7 @@ class EventLog:
         keep: int = 100_000,
         poll: float = SQLITE_POLL_SECONDS,
         safety_poll: float = SAFETY_POLL_SECONDS,
+        doorbells: bool = True,
     ) -> None:
         self.db = db
         self.bus = bus
@@ -87,6 +91,8 @@ class EventLog:
         self._unit: list[Event] | None = None  # the events of the local unit of work under way
         self._followers: list[asyncio.Task[None]] = []
         self._pruner: asyncio.Task[None] | None = None
+        path = sqlite_file(db) if doorbells else None  # (tests turn them off to see the poll alone)
+        self._doorbells = Doorbells(Path(path).parent / "doorbells") if path is not None else None
 
     async def start(self) -> None:
         """Deliver from the table's newest event on, this process's and every other's."""
@@ -98,6 +104,8 @@ class EventLog:
         path = sqlite_file(self.db)
         if path is not None:
             self._spawn(watch_sqlite(path, self._look, interval=self.poll), "event-watch")
+            if self._doorbells is not None:
+                self._doorbells.open(self._look)
         elif not self.db.is_sqlite:
             args = postgres_connect_args(self.db)
             self._spawn(listen_postgres(args, self._look, check_every=self.safety_poll), "event-listen")
@@ -126,6 +134,8 @@ class EventLog:
                     s.info[_TOLD] = told
                     yield s
                 if told:
+                    if self._doorbells is not None:
+                        self._doorbells.ring(told[-1].id)  # the other processes read meanwhile
                     await self._deliver_own(told)
             finally:
                 self._unit = None
@@ -247,6 +257,8 @@ class EventLog:
         """Stop the follower (and its LISTEN connection or SQLite watch) and the pruner."""
         tasks = [*self._followers, *([self._pruner] if self._pruner else [])]
         self._followers, self._pruner = [], None
+        if self._doorbells is not None:
+            self._doorbells.close()
         for task in tasks:
             task.cancel()
         if tasks:
