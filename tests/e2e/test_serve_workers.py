@@ -2,8 +2,9 @@
 
 What one worker alone could not keep honest is checked across both: every request goes on a
 connection of its own, so the kernel hands them to either worker. Then the processes are killed:
-a worker (the VM, its console and the other worker carry on; `serve` starts another) and the
-agent (it comes back and takes the same QEMU back).
+a worker (the VM, its console and the other worker carry on; `serve` starts another), every
+worker at once (the console's output is all there after the reconnect), and the agent (it comes
+back and takes the same QEMU back); and both workers race on one VM.
 """
 
 from __future__ import annotations
@@ -11,9 +12,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import signal
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -259,4 +262,115 @@ def test_a_start_cut_short_by_its_workers_death_ends_failed_and_the_vm_is_not_le
     op, vm = seen["op"], seen["vm"]
     assert op["status"] == "failed" and op["error"]["code"] == "INTERRUPTED", op  # type: ignore[index]
     assert vm["status"] == "error" and "worker" in vm["status_reason"], vm  # type: ignore[index]
+    assert qemu_of(vm_id) == []
+
+
+async def test_killing_every_worker_loses_no_console_output_beyond_the_reconnect(
+    server: ServerProcess,
+) -> None:
+    """Both workers killed at once while a console is attached and the guest prints a numbered
+    line five times a second: the console's socket drops, `serve` starts two new workers, and a
+    new console finds, replayed and then live, every line the guest printed meanwhile."""
+    token = server.login()
+    vm_id = await asyncio.to_thread(start_vm, server, token, "ticking")
+    qemu = qemu_of(vm_id)
+    assert await console_says(await asyncio.to_thread(ticket, server, token, vm_id), "up")  # its shell
+    url = await asyncio.to_thread(ticket, server, token, vm_id)
+    async with connect(url) as ws:
+        await ws.send(b"i=0; while true; do i=$((i+1)); echo tick-$i; sleep 0.2; done &\n")
+        seen = await read_until(ws, lambda text: max_tick(text) >= 3)
+        before = set(workers_of(server))
+        for victim in before:
+            os.kill(victim, signal.SIGKILL)
+        with contextlib.suppress(ConnectionClosed, TimeoutError):
+            async with asyncio.timeout(TIMEOUT):
+                while True:  # what was on its way, until the socket drops with its worker
+                    message = await ws.recv()
+                    seen += message.encode() if isinstance(message, str) else message
+    last_before = max_tick(seen.decode(errors="replace"))
+    await asyncio.to_thread(
+        wait_until, lambda: len(workers_of(server)) == 2 and not before & set(workers_of(server)),
+        "two new workers",
+    )  # fmt: skip
+    url = await asyncio.to_thread(ticket, server, token, vm_id)
+    async with connect(url) as ws:
+        after = await read_until(ws, lambda text: max_tick(text) > last_before + 3)
+    ticks = ticks_in(after.decode(errors="replace"))
+    assert ticks and min(ticks) <= last_before + 1, (last_before, sorted(ticks)[:10])
+    assert set(range(last_before + 1, max(ticks) + 1)) <= ticks, "a line printed meanwhile is missing"
+    assert qemu_of(vm_id) == qemu  # the same guest all along
+
+
+def ticks_in(text: str) -> set[int]:
+    return {int(n) for n in re.findall(r"tick-(\d+)\r?\n", text)}
+
+
+def max_tick(text: str) -> int:
+    return max(ticks_in(text), default=0)
+
+
+async def read_until(ws: ClientConnection, done: Callable[[str], bool]) -> bytes:
+    seen = b""
+    async with asyncio.timeout(TIMEOUT):
+        while not done(seen.decode(errors="replace")):
+            message = await ws.recv()
+            seen += message.encode() if isinstance(message, str) else message
+    return seen
+
+
+CLEAR_REFUSALS = {"VM_ALREADY_RUNNING", "VM_NOT_RUNNING", "INVALID_STATE", "OPERATION_IN_PROGRESS"}
+
+
+def test_two_workers_racing_on_one_vm_take_turns_and_every_answer_is_clear(server: ServerProcess) -> None:
+    """Starts, stops and deletes of one VM sent at once, each on its own connection (so both
+    workers get some): each answer is a success or a 409 that says why, never a 500; after each
+    round the VM's status is what its QEMU is, with never two of them; the delete wins once."""
+    token = server.login()
+    headers = {"Authorization": f"Bearer {token}"}
+    with fresh(server) as http:
+        created = http.post(
+            "/vms", json={"name": "raced", "cpu": 1, "memory": 128, "disk": 1}, headers=headers
+        )
+        assert created.status_code == 201, created.text
+        vm_id = created.json()["data"]["id"]
+
+    def send(request: tuple[str, str, dict[str, object] | None]) -> httpx.Response:
+        method, path, body = request
+        with fresh(server) as http:
+            return http.request(method, path, json=body, headers=headers)
+
+    def race(
+        requests: list[tuple[str, str, dict[str, object] | None]], also: frozenset[int] = frozenset()
+    ) -> list[httpx.Response]:
+        with ThreadPoolExecutor(len(requests)) as pool:
+            answers = list(pool.map(send, requests))
+        for answer in answers:
+            assert answer.status_code in {200, 409, *also}, answer.text
+            if answer.status_code == 409:
+                assert answer.json()["error"]["code"] in CLEAR_REFUSALS, answer.text
+        return answers
+
+    start = ("POST", f"/vms/{vm_id}/start", None)
+    stop = ("POST", f"/vms/{vm_id}/stop", {"force": True})
+    for _ in range(4):
+        answers = race([start, stop, start, stop])
+        assert any(a.status_code == 200 for a in answers)  # someone always gets through
+        with fresh(server) as http:
+            status = http.get(f"/vms/{vm_id}", headers=headers).json()["data"]["status"]
+        assert status in {"running", "stopped"}, status
+        assert len(qemu_of(vm_id)) == (1 if status == "running" else 0), status
+    race([stop, stop])
+    delete = ("DELETE", f"/vms/{vm_id}", None)
+    answers = race([delete, delete, start], also=frozenset({404}))  # once deleted: not found
+    assert [a.status_code for a in answers[:2]].count(200) <= 1  # deleted once
+    with fresh(server) as http:
+        gone = http.get(f"/vms/{vm_id}", headers=headers)
+    if gone.status_code == 200:  # the start won the turn: the deletes were refused, clearly
+        assert gone.json()["data"]["status"] == "running"
+        assert [a.status_code for a in answers[:2]] == [409, 409]  # it must be stopped first
+        race([stop])
+        assert send(delete).status_code == 200
+        with fresh(server) as http:
+            gone = http.get(f"/vms/{vm_id}", headers=headers)
+    assert gone.status_code == 404, gone.text
     assert qemu_of(vm_id) == []
