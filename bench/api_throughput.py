@@ -41,6 +41,7 @@ from voidvm_server.supervisor import default_workers
 
 TARGET_RPS = 1000 * 100 / 60
 TARGET_P99_MS = 100.0
+TARGET_CONCURRENCY = 32
 VMS = 100
 
 
@@ -131,21 +132,18 @@ def report(section: Section, results: dict[str, list[LoadResult]], seconds: floa
     )
     vms = results["vms"]
     best = max(vms, key=lambda r: r.rps)
-    within = [r for r in vms if r.p99_ms < TARGET_P99_MS]
-    best_ok = max(within, key=lambda r: r.rps) if within else None
+    # The target is stated at concurrency 32 (wrk on the same machine); else the best level.
+    at_target = [r for r in vms if r.concurrency == TARGET_CONCURRENCY]
+    judged = at_target[0] if at_target else best
     cpu = min(r.cpu_us_per_request for r in vms)
     ceiling_best = max(results["ceiling"], key=lambda r: r.rps)
-    if best_ok and best_ok.rps >= TARGET_RPS:
-        verdict = (
-            f"The target holds: {best_ok.rps:.0f} req/s at concurrency {best_ok.concurrency} with "
-            f"p99 {best_ok.p99_ms:.0f} ms (needed: {TARGET_RPS:.0f} req/s, p99 < {TARGET_P99_MS:.0f} ms)."
-        )
-    else:
-        got = best_ok.rps if best_ok else best.rps
-        verdict = (
-            f"The target is missed: at most {got:.0f} req/s with p99 under {TARGET_P99_MS:.0f} ms, "
-            f"{got / TARGET_RPS:.0%} of the {TARGET_RPS:.0f} req/s that 1,000 users at 100 req/min need."
-        )
+    needed = f"needed: {TARGET_RPS:.0f} req/s, p99 < {TARGET_P99_MS:.0f} ms, concurrency {TARGET_CONCURRENCY}"
+    holds = judged.rps >= TARGET_RPS and judged.p99_ms < TARGET_P99_MS
+    verdict = (
+        f"The target {'holds' if holds else 'is missed'}: {judged.rps:.0f} req/s with p99 "
+        f"{judged.p99_ms:.0f} ms at concurrency {judged.concurrency} ({needed}), "
+        f"{judged.rps / TARGET_RPS:.0%} of what 1,000 users at 100 req/min need."
+    )
     section.reading.append(verdict)
     one = max(results["vms_one"], key=lambda r: r.rps)
     section.reading.append(
