@@ -168,7 +168,12 @@ class Settings(BaseSettings):
             return self.cache_dir
         if os.geteuid() == 0:
             return Path("/var/cache/voidvm")
-        base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+        base = os.environ.get("XDG_CACHE_HOME", "")
+        if not os.path.isabs(base):  # unset, or relative (the XDG rules say: ignore it)
+            try:
+                base = str(Path.home() / ".cache")
+            except RuntimeError:  # no home at all: the data directory's own
+                return self.data_dir / "cache"
         return Path(base) / "voidvm"
 
     @property

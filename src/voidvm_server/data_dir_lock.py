@@ -7,13 +7,15 @@ locks belong to the open file description: a second open of the file, even in th
 conflicts with the first, so one `DataDirLock` object is re-entrant and is handed on rather than
 opened twice. The kernel drops the lock when the process ends (kill -9 included); the file stays
 and names the last holder. The descriptor is close-on-exec: QEMU, which outlives the server,
-never inherits it.
+never inherits it. A forked child (`serve`'s API workers) closes its copy at once: sharing the
+open file description, it would otherwise hold the lock after its parent died.
 """
 
 from __future__ import annotations
 
 import fcntl
 import os
+import weakref
 from pathlib import Path
 from types import TracebackType
 
@@ -36,6 +38,19 @@ class DataDirInUseError(RuntimeError):
         self.pid = pid
 
 
+_held: weakref.WeakSet[DataDirLock] = weakref.WeakSet()  # this process's locks that are held
+
+
+def _drop_inherited() -> None:
+    """In a forked child: close the descriptors of the parent's locks (never LOCK_UN, which would
+    release the parent's lock too) and hold none."""
+    for lock in list(_held):
+        lock._forget()
+
+
+os.register_at_fork(after_in_child=_drop_inherited)
+
+
 class DataDirLock:
     """The exclusive lock of one data directory, held from `acquire` to the matching `release`."""
 
@@ -53,6 +68,7 @@ class DataDirLock:
         """Take the lock, or raise DataDirInUseError naming the holder's pid. Never blocks."""
         if self._fd is None:
             self._fd = self._take()
+            _held.add(self)
         self._holds += 1
 
     def release(self) -> None:
@@ -62,6 +78,13 @@ class DataDirLock:
         if self._holds == 0 and self._fd is not None:
             os.close(self._fd)  # closing the last descriptor drops the lock
             self._fd = None
+            _held.discard(self)
+
+    def _forget(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+        self._fd, self._holds = None, 0
+        _held.discard(self)
 
     def __enter__(self) -> DataDirLock:
         self.acquire()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -49,7 +50,13 @@ async def test_a_cached_answer_from_another_boot_is_probed_again(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The cache is the host's: a reboot (or a copy of it on another machine) must probe again."""
-    stale = {"qemu_version": "7.2", "rule": probe.RULE, "boot": "6.1.0 another-boot", "accel": "kvm"}
+    stale = {
+        "qemu_version": "7.2",
+        "rule": probe.RULE,
+        "boot": "6.1.0 another-boot",
+        "accel": "kvm",
+        "binary": str(Path(shutil.which("qemu-system-x86_64") or "qemu-system-x86_64").resolve()),
+    }
     (tmp_path / probe.CACHE_FILE).write_text(json.dumps(stale))
     probed: list[str] = []
 

@@ -53,3 +53,16 @@ async def test_an_unreachable_database_is_a_503(tmp_path: Path) -> None:
                 await s.execute(text("SELECT 1 FROM config"))
     finally:
         await database.close()
+
+
+async def test_an_unreachable_database_is_a_503_for_a_plain_read_too(tmp_path: Path) -> None:
+    """The hot reads that skip SQLAlchemy (persistence/plain_reads.py) fail as its reads do."""
+    from voidvm_server.persistence.repositories import UserRepository
+
+    database = Database(f"sqlite+aiosqlite:///{tmp_path / 'missing-dir' / 'voidvm.db'}")
+    try:
+        with pytest.raises(ServiceUnavailableError):
+            async with database.reading() as s:
+                await UserRepository(s).get_with_session("usr-1", "session")
+    finally:
+        await database.close()

@@ -173,10 +173,23 @@ class Database:
         the newest committed state, and none holds a snapshot between requests."""
         if self._plain is None or self._plain[0] != os.getpid():  # a forked worker opens its own
             path = make_url(self.url).database or ""
-            connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-            _sqlite_read_only(connection, None)
+            try:
+                connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            except sqlite3.Error as exc:  # as SQLAlchemy would raise it: `reading()` maps those
+                raise sa_exc.DBAPIError.instance(None, None, exc, sqlite3.Error) from exc
+            try:
+                _sqlite_read_only(connection, None)
+            except sqlite3.Error as exc:
+                connection.close()
+                raise sa_exc.DBAPIError.instance(None, None, exc, sqlite3.Error) from exc
             self._plain = (os.getpid(), connection)
         return self._plain[1]
+
+    def _forget_plain_connection(self) -> None:
+        """After an outage: the next plain read opens a fresh connection."""
+        if self._plain is not None and self._plain[0] == os.getpid():
+            self._plain[1].close()
+        self._plain = None
 
     @asynccontextmanager
     async def session(self) -> AsyncIterator[AsyncSession]:
@@ -219,6 +232,7 @@ class Database:
         except sa_exc.SQLAlchemyError as exc:
             # SQLITE_READONLY here is a write sent through the reader: a bug (500), not an outage.
             if database_unavailable(exc) and _sqlite_code(exc) != sqlite3.SQLITE_READONLY:
+                self._forget_plain_connection()
                 raise unavailable() from exc
             raise
         finally:

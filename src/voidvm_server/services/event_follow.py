@@ -123,7 +123,8 @@ class Doorbells:
                 self._sender.sendto(payload, str(path))
             except OSError as exc:
                 if exc.errno == errno.ECONNREFUSED:  # its process is gone
-                    path.unlink(missing_ok=True)
+                    with contextlib.suppress(OSError):  # best effort, after a commit
+                        path.unlink()
 
     def close(self) -> None:
         if self._own is not None:

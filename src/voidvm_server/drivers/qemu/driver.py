@@ -75,13 +75,30 @@ def storage_problem(exc: BaseException) -> StorageError | None:
 
 
 async def _discard(pid: int, paths: RunPaths, patience: float = 10.0) -> None:
-    """Kill a QEMU that was started but never let run, and wait until it is gone (it is no child
-    of ours: it daemonized), so that a second one can take its sockets and pidfile."""
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, 9)
-    deadline = time.monotonic() + patience
-    while is_qemu_process(pid, paths.run_dir) and time.monotonic() < deadline:  # noqa: ASYNC110 (not our child)
-        await asyncio.sleep(0.01)
+    """Kill a QEMU that was started but never let run, and wait until it has exited (its pidfd
+    says so: it is no child of ours), so that a second one can take its disk, sockets and pidfile.
+    One that will not go is an error: never two QEMUs on one disk."""
+    try:
+        pidfd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        pidfd = None  # gone already
+    try:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, 9)
+        if pidfd is not None:
+            loop = asyncio.get_running_loop()
+            exited = asyncio.Event()
+            loop.add_reader(pidfd, exited.set)
+            try:
+                async with asyncio.timeout(patience):
+                    await exited.wait()
+            except TimeoutError:
+                raise DriverError("QEMU could not be stopped to start it on the restricted network") from None
+            finally:
+                loop.remove_reader(pidfd)
+    finally:
+        if pidfd is not None:
+            os.close(pidfd)
     for stale in (paths.qmp, paths.serial, paths.vnc, paths.pidfile):
         with contextlib.suppress(FileNotFoundError):
             stale.unlink()

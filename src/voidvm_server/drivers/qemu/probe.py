@@ -7,8 +7,8 @@ byte to the serial port, under KVM with the machine and CPU flags real VMs get a
 takes KVM only when it answers and is not much slower than TCG (on real hardware it is faster), on
 the best of two alternating rounds.
 The answer is cached in the host's cache directory (every VoidVM of the host shares it), keyed by
-the QEMU binary's version, this rule and the boot: a reboot, another kernel or another machine
-probes again.
+the QEMU binary (its path and version), this rule and the boot: a reboot, another kernel, another
+QEMU or another machine probes again.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 import tempfile
 import time
 from dataclasses import dataclass
@@ -139,13 +140,11 @@ async def probe_accel(requested: str, qemu_binary: str, qemu_version: str, cache
         return AccelChoice("tcg", "/dev/kvm is absent or not permitted")
     cache = cache_dir / CACHE_FILE
     boot = host_boot()
+    binary = str(Path(shutil.which(qemu_binary) or qemu_binary).resolve())  # each QEMU its own answer
     with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
         cached = json.loads(cache.read_text())
-        if (
-            cached["qemu_version"] == qemu_version
-            and cached.get("rule") == RULE
-            and cached.get("boot") == boot
-        ):
+        key = (cached["qemu_version"], cached.get("rule"), cached.get("boot"), cached.get("binary"))
+        if key == (qemu_version, RULE, boot, binary) and cached["accel"] in {"kvm", "tcg"}:
             kvm, tcg = _seconds(cached.get("kvm_seconds")), _seconds(cached.get("tcg_seconds"))
             reason = _probe_reason(kvm, tcg) if "kvm_seconds" in cached else "probed earlier"
             return AccelChoice(str(cached["accel"]), f"{reason} (cached in {cache})")
@@ -161,8 +160,8 @@ async def probe_accel(requested: str, qemu_binary: str, qemu_version: str, cache
             tcg if tcg is not None else float("nan"),
         )
     with contextlib.suppress(OSError):  # no cache: the next start probes again
-        _write_cache(cache, {"qemu_version": qemu_version, "rule": RULE, "boot": boot, "accel": accel,
-                             "kvm_seconds": kvm, "tcg_seconds": tcg})  # fmt: skip
+        _write_cache(cache, {"qemu_version": qemu_version, "rule": RULE, "boot": boot, "binary": binary,
+                             "accel": accel, "kvm_seconds": kvm, "tcg_seconds": tcg})  # fmt: skip
     return AccelChoice(accel, _probe_reason(kvm, tcg))
 
 

@@ -82,11 +82,13 @@ async def spawn_daemonized(
     try:
         async with asyncio.timeout(timeout):
             returncode = await proc.wait()
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(ProcessLookupError):
             proc.kill()
         _kill_from_pidfile(pidfile)
-        raise HypervisorTimeoutError("QEMU did not finish starting in time") from None
+        if isinstance(exc, TimeoutError):
+            raise HypervisorTimeoutError("QEMU did not finish starting in time") from None
+        raise  # a cancel stays a cancel
     if returncode != 0:
         _kill_from_pidfile(pidfile)
         message = _clean(errors_path.read_text(errors="replace"))
