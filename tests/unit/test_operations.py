@@ -149,6 +149,14 @@ async def test_users_see_only_their_own_operations(api: Api, admin_token: str) -
     assert [op["id"] for op in by_resource.json()["data"]["operations"]] == [op_id]
     none = await api.client.get("/api/v1/operations?status=failed", headers=auth(alice))
     assert none.json()["data"]["operations"] == []
+    await _settled(api, f"/api/v1/operations/{op_id}", alice)
+
+
+async def _settled(api: Api, operation: str, token: str) -> None:
+    """Let the start end before the app stops. A shutdown that cancels it half-way can stall on
+    the database's write lock (a known bug, under investigation): not what these tests are about."""
+    done = await api.client.get(f"{operation}/wait?timeout=30", headers=auth(token))
+    assert done.status_code == 200 and done.json()["data"]["status"] == "succeeded", done.text
 
 
 async def test_bad_operation_queries_answer_400(api: Api, admin_token: str) -> None:
@@ -165,6 +173,7 @@ async def test_bad_operation_queries_answer_400(api: Api, admin_token: str) -> N
     assert too_long.status_code == 400
     missing = await api.client.get("/api/v1/operations/op-000000000000", headers=auth(admin_token))
     assert missing.status_code == 404 and missing.json()["error"]["code"] == "OPERATION_NOT_FOUND"
+    await _settled(api, accepted.headers["location"], admin_token)
 
 
 async def test_a_url_import_reports_progress_and_can_be_cancelled(
